@@ -1,0 +1,3 @@
+from innerloop.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``innerloop`` command line."""

@@ -1,0 +1,28 @@
+"""Entry point of the ``innerloop`` command."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from innerloop import __version__
+from innerloop.cli.cluster import cluster
+from innerloop.cli.demo import demo
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="innerloop")
+def cli() -> None:
+    """innerloop: the Kubernetes inner dev loop, as fast as working locally."""
+
+
+cli.add_command(cluster)
+cli.add_command(demo)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,227 @@
+"""What the bundled cluster changes on the host, and how it puts it back.
+
+``prepare`` records the host's original settings before touching them (IP
+forwarding, the propagation of ``/``) in ``<state>/host-original.json``;
+``restore`` puts them back and removes everything the cluster left: pod
+processes and containerd shims, cgroups, mounts, network namespaces, the CNI
+bridge, and the ``KUBE-*``/``CNI-*`` iptables chains. Rules of other programs
+are kept: iptables tables are rewritten without only our chains.
+
+The pure parts (which mounts, which iptables lines) are functions over text so
+they are unit-tested; the rest runs commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from innerloop.cluster.components import BRIDGE
+from innerloop.cluster.progress import Report, StepFailed
+
+DEBIAN_PACKAGES = (
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
+    "conntrack",
+    "busybox-static",
+    "gcc",
+    "libc6-dev",
+    "iproute2",
+    "mount",
+)
+
+OUR_CHAIN = re.compile(r"^(KUBE-|CNI-)")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+NETNS_DIR = Path("/run/netns")
+
+
+def missing_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> list[str]:
+    missing = []
+    for pkg in packages:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False)
+        if "install ok installed" not in out.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def ensure_packages(report: Report) -> None:
+    missing = missing_packages()
+    if not missing:
+        return
+    report(f"installing Debian packages: {' '.join(missing)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if out.returncode != 0:
+            raise StepFailed(f"`{' '.join(cmd)}` failed:\n{out.stderr.strip()[-2000:]}")
+
+
+def strip_our_chains(iptables_save: str) -> str:
+    """``iptables-save`` output without the KUBE-*/CNI-* chains and every rule that jumps to them."""
+    kept: list[str] = []
+    for line in iptables_save.splitlines():
+        if line.startswith(":") and OUR_CHAIN.match(line[1:]):
+            continue
+        if line.startswith("-A "):
+            parts = line.split()
+            if OUR_CHAIN.match(parts[1]):
+                continue
+            if any(
+                p in ("-j", "-g", "--jump", "--goto") and i + 1 < len(parts) and OUR_CHAIN.match(parts[i + 1])
+                for i, p in enumerate(parts)
+            ):
+                continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def has_our_chains(iptables_save: str) -> bool:
+    return any(
+        (line.startswith(":") and OUR_CHAIN.match(line[1:]))
+        or (line.startswith("-A ") and OUR_CHAIN.match(line.split()[1]))
+        for line in iptables_save.splitlines()
+    )
+
+
+def mounts_under(mountinfo: str, roots: list[Path]) -> list[str]:
+    """Mount points at or below any of ``roots``, deepest first (the order to unmount)."""
+    found = []
+    for line in mountinfo.splitlines():
+        target = line.split()[4].replace("\\040", " ")
+        if any(target == str(r) or target.startswith(str(r).rstrip("/") + "/") for r in roots):
+            found.append(target)
+    return sorted(set(found), key=lambda t: (t.count("/"), t), reverse=True)
+
+
+def root_propagation(mountinfo: str) -> str:
+    """'shared' or 'private': how ``/`` propagates mounts now."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            optional = fields[6 : fields.index("-")]
+            return "shared" if any(f.startswith("shared:") for f in optional) else "private"
+    return "private"
+
+
+class Host:
+    def __init__(self, *, state: Path, containerd_socket: Path, report: Report) -> None:
+        self._state = state
+        self._socket = containerd_socket
+        self._report = report
+        self._original = state / "host-original.json"
+
+    def prepare(self) -> None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        if not self._original.exists():
+            self._state.mkdir(parents=True, exist_ok=True)
+            original = {
+                "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+                "root_propagation": root_propagation(mountinfo),
+            }
+            self._original.write_text(json.dumps(original))
+        Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+        if root_propagation(mountinfo) != "shared":
+            # The kubelet needs mounts it makes for pods to propagate.
+            _run(["mount", "--make-rshared", "/"])
+
+    def kill_workloads(self) -> int:
+        """SIGKILL every pod process and every containerd shim of this cluster."""
+        killed = 0
+        for procs in CGROUP_ROOT.glob("*/kubepods/**/cgroup.procs"):
+            for pid in _read_pids(procs):
+                killed += _kill(pid)
+        for pid in self._shim_pids():
+            killed += _kill(pid)
+        return killed
+
+    def _shim_pids(self) -> list[int]:
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmdline and cmdline[0].endswith(b"containerd-shim-runc-v2") and str(self._socket).encode() in cmdline:
+                pids.append(int(proc.name))
+        return pids
+
+    def remove_cgroups(self) -> None:
+        for controller in CGROUP_ROOT.iterdir():
+            top = controller / "kubepods"
+            if not top.is_dir():
+                continue
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                _rmdir_cgroup(d)
+            _rmdir_cgroup(top)
+
+    def unmount_all(self) -> None:
+        for _ in range(3):
+            targets = mounts_under(Path("/proc/self/mountinfo").read_text(), [self._state, NETNS_DIR])
+            if not targets:
+                break
+            for target in targets:
+                subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+        for ns in NETNS_DIR.glob("cni-*"):
+            ns.unlink(missing_ok=True)
+
+    def remove_network(self) -> None:
+        subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
+        for tool in ("iptables", "ip6tables"):
+            saved = subprocess.run([f"{tool}-save"], capture_output=True, text=True, check=False)
+            if saved.returncode != 0 or not has_our_chains(saved.stdout):
+                continue
+            restore = subprocess.run(
+                [f"{tool}-restore"], input=strip_our_chains(saved.stdout), capture_output=True, text=True, check=False
+            )
+            if restore.returncode != 0:
+                self._report(f"warning: could not remove KUBE-/CNI- chains with {tool}-restore: {restore.stderr}")
+
+    def restore_settings(self) -> None:
+        if not self._original.exists():
+            return
+        original = json.loads(self._original.read_text())
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(original["ip_forward"])
+        if original["root_propagation"] == "private":
+            subprocess.run(["mount", "--make-rprivate", "/"], capture_output=True, check=False)
+        self._original.unlink()
+
+
+def _read_pids(procs: Path) -> list[int]:
+    try:
+        return [int(p) for p in procs.read_text().split()]
+    except OSError:
+        return []
+
+
+def _kill(pid: int) -> int:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return 0
+    return 1
+
+
+def _rmdir_cgroup(d: Path) -> None:
+    for _ in range(50):
+        try:
+            d.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)  # processes just killed may not have left yet
+
+
+def _run(cmd: list[str]) -> None:
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise StepFailed(f"`{' '.join(cmd)}` failed: {out.stderr.strip()}")

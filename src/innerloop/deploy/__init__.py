@@ -1,0 +1,1 @@
+"""Render manifests for a cluster (image pins now; kustomize, Helm and dev-mode patches next)."""

@@ -1,0 +1,1 @@
+"""Container image archives (docker-save format), written deterministically."""

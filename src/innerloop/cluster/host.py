@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -35,6 +36,18 @@ DEBIAN_PACKAGES = (
     "libc6-dev",
     "iproute2",
     "mount",
+)
+
+# Places outside the state directory that containerd, CNI and the kubelet
+# write to whatever their configuration says. `prepare` records what each held
+# before; `restore` removes only what was added since.
+SHARED_DIRS = (
+    Path("/run/containerd"),
+    Path("/run/netns"),
+    Path("/var/lib/cni"),
+    Path("/var/lib/kubelet"),
+    Path("/var/log/pods"),
+    Path("/var/log/containers"),
 )
 
 OUR_CHAIN = re.compile(r"^(KUBE-|CNI-)")
@@ -124,6 +137,7 @@ class Host:
             original = {
                 "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
                 "root_propagation": root_propagation(mountinfo),
+                "dirs": {str(d): sorted(e.name for e in d.iterdir()) if d.is_dir() else None for d in SHARED_DIRS},
             }
             self._original.write_text(json.dumps(original))
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
@@ -192,7 +206,40 @@ class Host:
         Path("/proc/sys/net/ipv4/ip_forward").write_text(original["ip_forward"])
         if original["root_propagation"] == "private":
             subprocess.run(["mount", "--make-rprivate", "/"], capture_output=True, check=False)
+        for directory, entries in original["dirs"].items():
+            for added in added_paths(Path(directory), entries):
+                _remove(added)
         self._original.unlink()
+
+    def leftovers(self) -> list[str]:
+        """What of the cluster is still on the machine (empty after a clean ``down``)."""
+        found: list[str] = []
+        found += [f"shim process {pid}" for pid in self._shim_pids()]
+        found += [f"cgroup {c}" for c in CGROUP_ROOT.glob("*/kubepods")]
+        found += [f"mount {m}" for m in mounts_under(Path("/proc/self/mountinfo").read_text(), [self._state])]
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            found.append(f"network interface {BRIDGE}")
+        for tool in ("iptables", "ip6tables"):
+            saved = subprocess.run([f"{tool}-save"], capture_output=True, text=True, check=False)
+            if has_our_chains(saved.stdout):
+                found.append(f"{tool} KUBE-/CNI- chains")
+        return found
+
+
+def added_paths(directory: Path, before: list[str] | None) -> list[Path]:
+    """Entries of ``directory`` that were not in ``before`` (the whole directory if it did not exist)."""
+    if not directory.exists():
+        return []
+    if before is None:
+        return [directory]
+    return [e for e in sorted(directory.iterdir()) if e.name not in set(before)]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _read_pids(procs: Path) -> list[int]:

@@ -281,6 +281,9 @@ class BundledCluster:
         self.host.remove_network()
         self.host.restore_settings()
         shutil.rmtree(self.paths.state, ignore_errors=True)
+        left = self.host.leftovers()
+        if left:
+            raise StepFailed("down left these behind: " + "; ".join(left) + ". Run `innerloop cluster down` again.")
         self._report(f"cluster removed in {time.monotonic() - started:.1f}s")
 
     # ---- status ---------------------------------------------------------

@@ -1,0 +1,39 @@
+# The two commands of the README: `make demo` and `make test` (both as root).
+# Everything else they need (a venv, Debian packages, Kubernetes built from the
+# Go module proxy, images) is installed or built on first use and cached.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint unit e2e cluster-up cluster-down
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+## demo: start the bundled cluster, deploy examples/bookshop, serve it on 127.0.0.1:8080
+demo: $(BIN)/.installed
+	$(BIN)/innerloop demo
+
+## test: lint, type-check, start the bundled cluster if needed, run unit and end-to-end tests
+test: lint cluster-up
+	$(BIN)/pytest -q tests
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+unit: $(BIN)/.installed
+	$(BIN)/pytest -q tests/unit
+
+e2e: cluster-up
+	$(BIN)/pytest -q tests/e2e
+
+cluster-up: $(BIN)/.installed
+	$(BIN)/innerloop cluster up
+
+cluster-down: $(BIN)/.installed
+	$(BIN)/innerloop cluster down

@@ -159,7 +159,7 @@ state = "{p.run / "containerd"}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-        Root = "{p.run / 'runc'}"
+        Root = "{p.run / "runc"}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{p.config / "cni"}"

@@ -1,0 +1,1 @@
+"""Images without a Docker daemon: deterministic layers, archives, loading."""

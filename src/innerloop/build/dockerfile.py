@@ -108,7 +108,7 @@ def parse(text: str, *, filename: str = "Dockerfile") -> Recipe:
                 recipe.base = rest.split()[0]
             elif instr == "WORKDIR":
                 recipe.workdir = rest if rest.startswith("/") else f"{recipe.workdir or ''}/{rest}"
-            elif instr == "COPY" or instr == "ADD":
+            elif instr in {"COPY", "ADD"}:
                 parts = (
                     [p for p in _command(rest) if not p.startswith("--")]
                     if rest.startswith("[")

@@ -10,6 +10,7 @@ keeps them rebuildable in milliseconds.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -45,8 +46,8 @@ def _logical_lines(text: str) -> list[tuple[int, str]]:
     start = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
-        if not buf and (not stripped or stripped.startswith("#")):
-            continue
+        if not stripped or stripped.startswith("#"):
+            continue  # also inside a continuation, as docker does
         if not buf:
             start = number
         if stripped.endswith("\\"):
@@ -82,10 +83,17 @@ def _pairs(value: str) -> dict[str, str]:
     return pairs
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
 def _expand(value: str, variables: dict[str, str]) -> str:
-    for key, val in sorted(variables.items(), key=lambda kv: -len(kv[0])):
-        value = value.replace("${" + key + "}", val).replace("$" + key, val)
-    return value
+    """Substitute ``$NAME`` and ``${NAME}`` that are defined; leave the others as written."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return variables.get(name, m.group(0))
+
+    return _VARIABLE.sub(sub, value)
 
 
 def parse(text: str, *, filename: str = "Dockerfile") -> Recipe:
@@ -101,11 +109,16 @@ def parse(text: str, *, filename: str = "Dockerfile") -> Recipe:
                 key, _, default = rest.partition("=")
                 args[key] = default
                 continue
-            rest = _expand(rest, {**args, **recipe.env})
+            if instr not in ("ENTRYPOINT", "CMD"):  # like docker: these see variables at run time
+                rest = _expand(rest, {**args, **recipe.env})
             if instr == "FROM":
                 if recipe.base:
                     raise DockerfileError(f"{where}: multi-stage builds are not supported; use one FROM")
-                recipe.base = rest.split()[0]
+                if not rest:
+                    raise DockerfileError(f"{where}: FROM needs an image")
+                recipe.base = next((w for w in rest.split() if not w.startswith("--")), "")
+                if not recipe.base:
+                    raise DockerfileError(f"{where}: FROM needs an image")
             elif instr == "WORKDIR":
                 recipe.workdir = rest if rest.startswith("/") else f"{recipe.workdir or ''}/{rest}"
             elif instr in {"COPY", "ADD"}:
@@ -129,8 +142,8 @@ def parse(text: str, *, filename: str = "Dockerfile") -> Recipe:
             elif instr == "EXPOSE":
                 recipe.exposed.extend(rest.split())
             elif instr == "ENTRYPOINT":
+                # An inherited CMD is reset by the image build; a CMD of this file is kept, as docker does.
                 recipe.entrypoint = _command(rest)
-                recipe.cmd = None  # like docker: a new ENTRYPOINT resets an inherited CMD
             elif instr == "CMD":
                 recipe.cmd = _command(rest)
             elif instr == "RUN":

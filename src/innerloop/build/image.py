@@ -71,8 +71,13 @@ def copy_entries(context: Path, recipe: Recipe, *, owner: tuple[int, int] = (0, 
                     entries[e.path] = e
                 target_dir = copy.dest
             else:
-                into_dir = copy.dest.endswith("/") or len(copy.sources) > 1
-                target = f"{copy.dest.rstrip('/')}/{src.name}" if into_dir else copy.dest
+                dest = PurePosixPath(copy.dest)  # normalized: "/app/." is "/app"
+                into_dir = (
+                    copy.dest.endswith(("/", "/."))
+                    or len(copy.sources) > 1
+                    or (bool(recipe.workdir) and dest == PurePosixPath(recipe.workdir))
+                )
+                target = str(dest / src.name) if into_dir else str(dest)
                 mode = stat.S_IMODE(src.stat().st_mode)
                 entries[target] = FileEntry(path=target, data=src.read_bytes(), mode=mode)
                 target_dir = str(PurePosixPath(target).parent)

@@ -152,9 +152,12 @@ class Pki:
     ) -> None:
         if self.cert(name).exists() and self.key(name).exists():
             existing = x509.load_pem_x509_certificate(self.cert(name).read_bytes())
-            if server_sans is None or set(
-                existing.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            ) == set(server_sans):
+            # A renamed node needs a kubelet certificate for its new name.
+            if existing.subject == _name(cn, groups) and (
+                server_sans is None
+                or set(existing.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+                == set(server_sans)
+            ):
                 return
         ca_cert, ca_key = ca
         key = ec.generate_private_key(ec.SECP256R1())

@@ -115,7 +115,8 @@ class BundledCluster:
         )
         self._write_files(spec)
         self.host.prepare()
-        deadline = started + timeout_s
+        # The timeout covers starting, not building: a cold build takes many minutes.
+        deadline = time.monotonic() + timeout_s
         self._start(components.etcd(spec), ready=self._etcd_ready, deadline=deadline)
         self._start(components.apiserver(spec), ready=self._api_ready, deadline=deadline)
         self._start(components.controller_manager(spec), ready=None, deadline=deadline)

@@ -21,16 +21,18 @@ def test_up_twice_is_harmless(bundled_cluster: BundledCluster, innerloop_cli: li
     assert "already running" in out.stderr
 
 
-def test_up_recovers_after_daemons_are_killed(
+def test_up_recovers_after_every_process_is_killed(
     bundled_cluster: BundledCluster, innerloop_cli: list[str], kube: Kube, namespace: str
 ) -> None:
     kube.apply(namespace, pod_manifest("survivor", kube.images["busybox"], ["sleep", "3600"]))
     kube.wait_ready(namespace, "survivor")
-    victims = ("kubelet", "kube-scheduler", "kube-proxy")
+    # A crash or a reboot: every daemon, shim and pod process dies at once.
+    victims = tuple(bundled_cluster.status())
     for name in victims:
         pid = bundled_cluster.daemons.running(name)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
+    assert bundled_cluster.host.kill_workloads() > 0
     deadline = time.monotonic() + 10
     while any(bundled_cluster.daemons.running(n) for n in victims) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -41,7 +43,9 @@ def test_up_recovers_after_daemons_are_killed(
     out = run_cli(innerloop_cli, "cluster", "up")
     assert out.returncode == 0, out.stderr
     assert all(pid is not None for pid in bundled_cluster.status().values())
-    # The workload from before the crash is still there and the node schedules new pods.
+    # The workload from before the crash runs again and the node schedules new pods.
     kube.wait_ready(namespace, "survivor")
+    restarted = kube.get_json("pod", "survivor", "-n", namespace)["status"]["containerStatuses"][0]
+    assert restarted["ready"] is True
     kube.apply(namespace, pod_manifest("after", kube.images["busybox"], ["sleep", "3600"]))
     kube.wait_ready(namespace, "after")

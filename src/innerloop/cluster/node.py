@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,9 @@ class BundledCluster:
             raise StepFailed(f"importing {archive} failed: {out.stderr.strip()}")
 
     def _node_ready(self, node: str) -> bool:
+        # After a crash the stored Ready condition is stale; ask the kubelet itself first.
+        if _http_get("http://127.0.0.1:10248/healthz") != b"ok":
+            return False
         out = self.kubectl("get", "node", node, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
         return out.stdout.strip() == "True"
 
@@ -258,10 +262,10 @@ class BundledCluster:
         return sa.returncode == 0 and cm.returncode == 0
 
     def _coredns_ready(self) -> bool:
-        out = self.kubectl(
-            "get", "deployment", "coredns", "-n", "kube-system", "-o", "jsonpath={.status.readyReplicas}"
-        )
-        return out.stdout.strip() == "1"
+        # Ask CoreDNS's own readiness endpoint: a stored readyReplicas may predate a crash.
+        out = self.kubectl("get", "pods", "-n", "kube-system", "-l", "k8s-app=kube-dns", "-o", "jsonpath={..podIP}")
+        ips = out.stdout.split()
+        return bool(ips) and all(_http_get(f"http://{ip}:8181/ready") == b"OK" for ip in ips)
 
     # ---- down -----------------------------------------------------------
 
@@ -298,6 +302,14 @@ class BundledCluster:
             return None
         doc = json.loads(self._info_file.read_text())
         return ClusterInfo(kubeconfig=Path(doc["kubeconfig"]), kubectl=Path(doc["kubectl"]), images=doc["images"])
+
+
+def _http_get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bytes(resp.read()).strip()
+    except OSError:
+        return None
 
 
 def _write_if_changed(path: Path, text: str) -> None:

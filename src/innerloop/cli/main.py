@@ -9,6 +9,7 @@ import click
 from innerloop import __version__
 from innerloop.cli.cluster import cluster
 from innerloop.cli.demo import demo
+from innerloop.cli.schema import schema
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,6 +20,7 @@ def cli() -> None:
 
 cli.add_command(cluster)
 cli.add_command(demo)
+cli.add_command(schema)
 
 
 def main() -> None:

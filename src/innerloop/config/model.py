@@ -1,0 +1,545 @@
+"""What ``innerloop.yaml`` means: pydantic models, pure validation, no I/O.
+
+The models are the single source of the config's shape: ``load.py`` validates
+the user's file against them, ``schema.py`` turns them into the JSON Schema
+that editors use for completion and hover text (so every description here is
+written for the person editing the file, and the model docstrings too).
+
+Choices worth knowing:
+
+- Strict types: YAML already gives typed values, so ``port: "8080"`` or
+  ``restart: yes`` are mistakes to report, not to coerce. The exception is
+  environment-like values (``env``, ``buildArgs``, ``helm.set``), where
+  ``DEBUG: 1`` or ``VERBOSE: true`` obviously mean the strings ``"1"`` and
+  ``"true"`` (Kubernetes itself would reject the numbers).
+- The YAML spelling is camelCase (``dependsOn``), as in Kubernetes manifests;
+  Python code uses snake_case attributes (``depends_on``) and may construct
+  models with either; the loader accepts only the YAML spelling.
+- Checks that span services (unknown ``dependsOn`` names, dependency cycles,
+  duplicate local ports) run after the structure is valid and report
+  :class:`Problem` values with a path in the YAML spelling, so the loader can
+  point at the exact line. They are part of model validation, so a
+  :class:`Project` built in Python is as consistent as one loaded from a file.
+- Custom validators raise plain ``ValueError`` with a message that says what
+  is expected; there are no unions of models, because pydantic reports every
+  member of a failed union and the user would read errors about alternatives
+  they did not write.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    model_validator,
+)
+
+# RFC 1123 label, as Kubernetes names namespaces, Services and containers.
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+# Kubernetes IANA_SVC_NAME: the name of a container port (``http``).
+PORT_NAME_PATTERN = r"^(?=.{1,15}$)[a-z0-9]+(-[a-z0-9]+)*$"
+# What Kubernetes accepts as an environment variable name.
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# One path component of an image reference (docker/distribution's grammar).
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_NAME_PATTERN = rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*$"
+WORKLOAD_PATTERN = r"^(deployment|statefulset)/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+HELM_RELEASE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
+
+MAX_PORT = 65535
+
+
+def _dns_label(value: str) -> str:
+    if not re.fullmatch(DNS_LABEL_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label: use at most 63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (e.g. bookshop-api)"
+        )
+    return value
+
+
+def _relative_path(value: str) -> str:
+    if not value:
+        raise ValueError("the path is empty; use '.' for the folder of innerloop.yaml")
+    if value.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        raise ValueError(f"{value!r} is absolute; write it relative to the folder of innerloop.yaml")
+    return value
+
+
+def _container_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is not absolute; a path in the container starts with '/' (e.g. /app/)")
+    return value
+
+
+def _image_name(value: str) -> str:
+    if not re.fullmatch(IMAGE_NAME_PATTERN, value):
+        hint = " without a tag or digest" if re.search(r"[:@][^/]*$", value) else ""
+        raise ValueError(
+            f"{value!r} is not an image name{hint}: write it as the manifests do, "
+            "e.g. bookshop-api or registry.example.com/team/api"
+        )
+    return value
+
+
+def _workload(value: str) -> str:
+    if not re.fullmatch(WORKLOAD_PATTERN, value):
+        raise ValueError(f"{value!r} is not a workload: write deployment/<name> or statefulset/<name>")
+    return value
+
+
+def _helm_release(value: str) -> str:
+    if not re.fullmatch(HELM_RELEASE_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Helm release name: at most 53 lowercase letters, digits and '-'")
+    return value
+
+
+def _env_name(value: str) -> str:
+    if not re.fullmatch(ENV_NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not an environment variable name: letters, digits, '_', '-' and '.', "
+            "not starting with a digit"
+        )
+    return value
+
+
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address: use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        ) from None
+    return value
+
+
+def _port_reference(value: object) -> int | str:
+    # One validator instead of ``int | str``: a union would report two errors
+    # ("should be an integer", "should be a string") for one mistake.
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_PORT:
+            raise ValueError(f"port {value} is out of range: a port number is 1-{MAX_PORT}")
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            raise ValueError(f"{value!r} is a string: write the port number without quotes")
+        if not re.fullmatch(PORT_NAME_PATTERN, value) or not re.search("[a-z]", value):
+            raise ValueError(
+                f"{value!r} is not a port name: at most 15 lowercase letters, digits and '-', "
+                "with at least one letter (e.g. http)"
+            )
+        return value
+    raise ValueError(f"expected a port number (8080) or the name of a container port (http), got {value!r}")
+
+
+def _scalar_text(value: object) -> object:
+    # ``DEBUG: 1`` and ``VERBOSE: true`` mean the strings "1" and "true".
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _not_null(schema: dict[str, Any]) -> None:
+    # ``X | None = None`` means "may be left out", not "may be written as
+    # null": show editors the plain type.
+    options = schema.pop("anyOf", None)
+    if options is not None:
+        schema.update(next(o for o in options if o != {"type": "null"}))
+    schema.pop("default", None)
+
+
+DnsLabel = Annotated[
+    str,
+    AfterValidator(_dns_label),
+    WithJsonSchema({"type": "string", "pattern": DNS_LABEL_PATTERN}),
+]
+RelativePath = Annotated[str, AfterValidator(_relative_path), WithJsonSchema({"type": "string", "minLength": 1})]
+ContainerPath = Annotated[str, AfterValidator(_container_path), WithJsonSchema({"type": "string", "pattern": "^/"})]
+ImageName = Annotated[
+    str, AfterValidator(_image_name), WithJsonSchema({"type": "string", "pattern": IMAGE_NAME_PATTERN})
+]
+EnvName = Annotated[str, AfterValidator(_env_name), WithJsonSchema({"type": "string", "pattern": ENV_NAME_PATTERN})]
+Workload = Annotated[str, AfterValidator(_workload), WithJsonSchema({"type": "string", "pattern": WORKLOAD_PATTERN})]
+HelmRelease = Annotated[
+    str,
+    AfterValidator(_helm_release),
+    WithJsonSchema({"type": "string", "pattern": HELM_RELEASE_PATTERN}),
+]
+PortNumber = Annotated[int, Field(ge=1, le=MAX_PORT)]
+PortReference = Annotated[
+    int | str,
+    PlainValidator(_port_reference),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_PORT},
+                {"type": "string", "pattern": PORT_NAME_PATTERN},
+            ]
+        }
+    ),
+]
+ScalarText = Annotated[
+    str,
+    BeforeValidator(_scalar_text),
+    WithJsonSchema({"type": ["string", "number", "boolean"]}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+
+
+class Helm(_Model):
+    """A Helm chart, rendered with `helm template` and applied like plain manifests."""
+
+    chart: str = Field(
+        min_length=1,
+        description="The chart: a folder relative to innerloop.yaml, or a chart reference such as oci://... .",
+        examples=["charts/api", "oci://registry.example.com/charts/api"],
+    )
+    release: HelmRelease | None = Field(
+        default=None,
+        description="The release name (default: the service's name).",
+        examples=["api"],
+        json_schema_extra=_not_null,
+    )
+    values: list[RelativePath] = Field(
+        default_factory=list,
+        description="Values files, relative to innerloop.yaml, applied in order (like `helm -f`).",
+        examples=[["charts/api/values-dev.yaml"]],
+    )
+    set_values: dict[str, ScalarText] = Field(
+        default_factory=dict,
+        alias="set",
+        description="Single values, applied after the values files (like `helm --set key=value`).",
+        examples=[{"replicaCount": "1", "image.pullPolicy": "IfNotPresent"}],
+    )
+
+
+class Manifests(_Model):
+    """Where the service's Kubernetes objects come from: exactly one of files, kustomize or helm."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1, "maxProperties": 1})
+
+    files: Annotated[list[RelativePath], Field(min_length=1)] | None = Field(
+        default=None,
+        description="YAML files or folders of YAML files, relative to innerloop.yaml.",
+        examples=[["k8s/api.yaml"], ["k8s/api/"]],
+        json_schema_extra=_not_null,
+    )
+    kustomize: RelativePath | None = Field(
+        default=None,
+        description="A kustomization folder, relative to innerloop.yaml (rendered like `kubectl kustomize`).",
+        examples=["k8s/overlays/dev"],
+        json_schema_extra=_not_null,
+    )
+    helm: Helm | None = Field(default=None, description="A Helm chart.", json_schema_extra=_not_null)
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Self:
+        given = [name for name in ("files", "kustomize", "helm") if getattr(self, name) is not None]
+        if len(given) != 1:
+            found = f"got {' and '.join(given)}" if given else "got none"
+            raise ValueError(f"give exactly one of files, kustomize or helm ({found})")
+        return self
+
+
+class Image(_Model):
+    """The image innerloop builds for the service, and swaps into its manifests."""
+
+    name: ImageName = Field(
+        description="The image name as the manifests write it (no tag); "
+        "containers using it run the image innerloop built.",
+        examples=["bookshop-api"],
+    )
+    context: RelativePath = Field(
+        default=".",
+        description="The build context: a folder relative to innerloop.yaml.",
+        examples=["api"],
+    )
+    dockerfile: RelativePath | None = Field(
+        default=None,
+        description="The Dockerfile, relative to innerloop.yaml (default: <context>/Dockerfile).",
+        examples=["api/Dockerfile.dev"],
+        json_schema_extra=_not_null,
+    )
+    build_args: dict[str, ScalarText] = Field(
+        default_factory=dict,
+        alias="buildArgs",
+        description="Build arguments (Dockerfile ARG values).",
+        examples=[{"PYTHON_VERSION": "3.11"}],
+    )
+
+    @property
+    def dockerfile_path(self) -> str:
+        """The Dockerfile relative to innerloop.yaml, with the default filled in."""
+        return self.dockerfile if self.dockerfile is not None else posixpath.join(self.context, "Dockerfile")
+
+
+class SyncRule(_Model):
+    """Files copied into the running container as they change, instead of rebuilding the image."""
+
+    local: RelativePath = Field(
+        description="A file or folder on this machine, relative to innerloop.yaml. "
+        "A trailing '/' syncs the folder's contents.",
+        examples=["api/"],
+    )
+    remote: ContainerPath = Field(
+        description="Where it goes in the container: an absolute path.",
+        examples=["/app/"],
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Paths not to sync, as gitignore patterns relative to local.",
+        examples=[["__pycache__/", "*.pyc", ".venv/"]],
+    )
+    mode: Literal["one-way", "two-way"] = Field(
+        default="one-way",
+        description="one-way: this machine to the container. "
+        "two-way: files the container writes come back too (e.g. generated lock files).",
+    )
+
+
+class ChangeStep(_Model):
+    """A command run in the container when synced files matching paths change."""
+
+    paths: Annotated[list[str], Field(min_length=1)] = Field(
+        description="Glob patterns, relative to the roots of the service's sync rules.",
+        examples=[["requirements.txt"], ["package.json", "package-lock.json"]],
+    )
+    run: Annotated[list[str], Field(min_length=1)] = Field(
+        description="The command to run in the container, as a list of arguments (no shell).",
+        examples=[["pip", "install", "-r", "requirements.txt"]],
+    )
+    restart: bool = Field(
+        default=True,
+        description="Restart the service's process after the command succeeds.",
+    )
+
+
+class PortForward(_Model):
+    """A container port made reachable on this machine."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"remote": 8080, "local": 8081}, {"remote": "http"}]})
+
+    remote: PortReference = Field(
+        description="The container port: a number, or the name of a port in the manifests.",
+        examples=[8080, "http"],
+    )
+    local: PortNumber | None = Field(
+        default=None,
+        description="The port on this machine (default: the remote port, when it is a number).",
+        examples=[8081],
+        json_schema_extra=_not_null,
+    )
+    address: Annotated[str, AfterValidator(_ip_address)] = Field(
+        default="127.0.0.1",
+        description="The local address to listen on; 0.0.0.0 makes the port reachable from other machines.",
+        examples=["127.0.0.1", "0.0.0.0"],
+    )
+
+    @model_validator(mode="after")
+    def _local_for_named_port(self) -> Self:
+        if self.local is None and isinstance(self.remote, str):
+            raise ValueError(f"give local: the remote port is named ({self.remote}), so there is no number to reuse")
+        return self
+
+    @property
+    def local_port(self) -> int:
+        """The port on this machine, with the default filled in."""
+        if self.local is not None:
+            return self.local
+        if isinstance(self.remote, int):
+            return self.remote
+        raise AssertionError("unreachable: validation requires local for a named port")
+
+
+class Service(_Model):
+    """One part of the app: its manifests, how to build it, and how to develop on it."""
+
+    manifests: Manifests = Field(description="Where the service's Kubernetes objects come from.")
+    image: Image | None = Field(
+        default=None,
+        description="The image to build; leave out for services that run a published image (e.g. a database).",
+        json_schema_extra=_not_null,
+    )
+    workload: Workload | None = Field(
+        default=None,
+        description="The workload to develop on (default: the single Deployment or StatefulSet in the manifests).",
+        examples=["deployment/api", "statefulset/db"],
+        json_schema_extra=_not_null,
+    )
+    container: DnsLabel | None = Field(
+        default=None,
+        description="The container to sync into and restart (default: the workload's only container, "
+        "or the one running image.name).",
+        examples=["api"],
+        json_schema_extra=_not_null,
+    )
+    sync: list[SyncRule] = Field(
+        default_factory=list,
+        description="Files to copy into the running container as they change.",
+    )
+    on_change: list[ChangeStep] = Field(
+        default_factory=list,
+        alias="onChange",
+        description="Commands to run in the container when some synced files change (e.g. install dependencies).",
+    )
+    restart: Literal["process", "none"] = Field(
+        default="process",
+        description="After a sync: process restarts the container's main process; "
+        "none leaves it to the app's own reload (e.g. uvicorn --reload, nodemon).",
+    )
+    ports: list[PortForward] = Field(
+        default_factory=list,
+        description="Container ports to forward to this machine.",
+    )
+    depends_on: list[str] = Field(
+        default_factory=list,
+        alias="dependsOn",
+        description="Services that must be healthy before this one starts.",
+        examples=[["backend"]],
+    )
+    healthy: Literal["ready", "started"] = Field(
+        default="ready",
+        description="What services depending on this one wait for: ready (its readiness probes pass) "
+        "or started (its containers run).",
+    )
+    env: dict[EnvName, ScalarText] = Field(
+        default_factory=dict,
+        description="Environment variables set in the container during development only.",
+        examples=[{"LOG_LEVEL": "debug"}],
+    )
+
+
+class Project(_Model):
+    """innerloop.yaml: the services of an app and how `innerloop up` develops them on Kubernetes."""
+
+    version: Literal[1] = Field(description="The version of this file's format.")
+    name: DnsLabel = Field(
+        description="The project's name, a DNS-1123 label; it labels everything innerloop creates.",
+        examples=["bookshop"],
+    )
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description="The namespace to deploy into (default: the namespace of the current kubeconfig context).",
+        examples=["bookshop-dev"],
+        json_schema_extra=_not_null,
+    )
+    services: dict[DnsLabel, Service] = Field(
+        min_length=1,
+        description="The services, by name (DNS-1123 labels).",
+        json_schema_extra={"additionalProperties": False},
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        problems = cross_reference_problems(self)
+        if problems:
+            raise InconsistentProject(problems)
+        return self
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A mistake that spans several places of a valid-looking config.
+
+    ``path`` is in the YAML spelling (``("services", "api", "dependsOn", 0)``),
+    so the loader can point at the line that holds it.
+    """
+
+    path: tuple[str | int, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'.'.join(map(str, self.path))}: {self.message}"
+
+
+class InconsistentProject(ValueError):
+    """Raised by :class:`Project` validation; carries every problem, not only the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = problems
+
+
+def cross_reference_problems(project: Project) -> list[Problem]:
+    """Problems between services: unknown or cyclic dependsOn, shared local ports, onChange without sync."""
+    return [*_unknown_dependencies(project), *_dependency_cycles(project), *_shared_local_ports(project)] + [
+        Problem(("services", name, "onChange"), "onChange needs sync rules: its paths are relative to their roots")
+        for name, service in project.services.items()
+        if service.on_change and not service.sync
+    ]
+
+
+def _unknown_dependencies(project: Project) -> list[Problem]:
+    problems = []
+    for name, service in project.services.items():
+        for i, dependency in enumerate(service.depends_on):
+            if dependency not in project.services:
+                close = difflib.get_close_matches(dependency, project.services, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                known = ", ".join(project.services)
+                problems.append(
+                    Problem(
+                        ("services", name, "dependsOn", i), f"no service named {dependency!r} (services: {known}){hint}"
+                    )
+                )
+    return problems
+
+
+def _dependency_cycles(project: Project) -> list[Problem]:
+    # Depth-first search in the file's order; a back edge closes a cycle and
+    # is reported at the dependsOn entry that closes it.
+    problems: list[Problem] = []
+    done: set[str] = set()
+    stack: list[str] = []
+
+    def visit(name: str) -> None:
+        stack.append(name)
+        for i, dependency in enumerate(project.services[name].depends_on):
+            if dependency in stack:
+                cycle = [*stack[stack.index(dependency) :], dependency]
+                problems.append(Problem(("services", name, "dependsOn", i), f"dependency cycle: {' -> '.join(cycle)}"))
+            elif dependency in project.services and dependency not in done:
+                visit(dependency)
+        stack.pop()
+        done.add(name)
+
+    for name in project.services:
+        if name not in done:
+            visit(name)
+    return problems
+
+
+def _shared_local_ports(project: Project) -> list[Problem]:
+    problems = []
+    first: dict[int, str] = {}
+    for name, service in project.services.items():
+        for i, port in enumerate(service.ports):
+            where = f"services.{name}.ports.{i}"
+            field = "local" if port.local is not None else "remote"
+            if port.local_port in first:
+                problems.append(
+                    Problem(
+                        ("services", name, "ports", i, field),
+                        f"local port {port.local_port} is already forwarded by {first[port.local_port]}",
+                    )
+                )
+            else:
+                first[port.local_port] = where
+    return problems

@@ -1,0 +1,1 @@
+"""Access to a Kubernetes cluster: REST (lightkube), exec and port-forward streams (aiohttp websockets)."""

@@ -1,0 +1,128 @@
+"""The agent image: a self-contained Python runtime plus innerloop's agent.
+
+In dev mode the agent runs *inside the app's container*, whatever its image:
+distroless, no shell, another libc. So the agent carries everything it
+needs: the Python 3.11 interpreter, every shared library it loads, the
+dynamic loader, the standard library and the `innerloop.agent` and
+`innerloop.protocol` packages (stdlib-only by design), all under one root.
+It is started through the loader, never through a shell:
+
+    <root>/lib/ld-linux-x86-64.so.2 --library-path <root>/lib <root>/bin/python3.11 -m innerloop.agent ...
+
+with ``PYTHONHOME=<root>``. An init container copies ``/opt/innerloop`` from
+this image into an emptyDir that the app container mounts at
+``/.innerloop``. The runtime is taken from the distroless Python base image
+the cluster already builds, so no extra download is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from innerloop.build.image import read_archive
+from innerloop.oci.archive import BuiltImage, FileEntry, ImageConfig, image_id, layer_from_entries, write_archive
+
+IMAGE_ROOT = "/opt/innerloop"
+MOUNT_ROOT = "/.innerloop"
+LOADER = "ld-linux-x86-64.so.2"
+AGENT_PACKAGES = ("protocol", "agent")
+
+# Standard-library parts the agent never imports: leaving them out halves the copy.
+_STDLIB_SKIP = (
+    "test/",
+    "idlelib/",
+    "tkinter/",
+    "ensurepip/",
+    "lib2to3/",
+    "pydoc_data/",
+    "turtledemo/",
+    "unittest/test/",
+    "__pycache__/",
+    "config-3.11-x86_64-linux-gnu/",
+)
+_LIB_DIRS = ("lib/x86_64-linux-gnu/", "usr/lib/x86_64-linux-gnu/")
+
+
+def runtime_command(root: str = MOUNT_ROOT) -> list[str]:
+    """argv prefix that starts the agent from a runtime copied to ``root``."""
+    return [f"{root}/lib/{LOADER}", "--library-path", f"{root}/lib", f"{root}/bin/python3.11", "-m", "innerloop.agent"]
+
+
+def runtime_env(root: str = MOUNT_ROOT) -> dict[str, str]:
+    return {"PYTHONHOME": root, "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def _remap(name: str) -> str | None:
+    """Where a file of the Debian Python rootfs goes in the runtime, or None to leave it out."""
+    if name == "usr/bin/python3.11":
+        return f"{IMAGE_ROOT}/bin/python3.11"
+    for lib_dir in _LIB_DIRS:
+        if name.startswith(lib_dir) and "/" not in name[len(lib_dir) :] and ".so" in name:
+            return f"{IMAGE_ROOT}/lib/{name[len(lib_dir) :]}"
+    prefix = "usr/lib/python3.11/"
+    if name.startswith(prefix):
+        rest = name[len(prefix) :]
+        if any(rest.startswith(s) or f"/{s}" in rest for s in _STDLIB_SKIP) or "/test/" in rest:
+            return None
+        return f"{IMAGE_ROOT}/lib/python3.11/{rest}" if rest else None
+    return None
+
+
+def runtime_entries(python_archive: Path) -> list[FileEntry]:
+    base = read_archive(python_archive)
+    entries: dict[str, FileEntry] = {}
+    for layer in base.layers:
+        with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+            for member in tar.getmembers():
+                target = _remap(member.name.lstrip("./"))
+                if target is None or member.isdir():
+                    continue
+                if member.issym():
+                    link = member.linkname
+                    # Libraries link to siblings; the flattened lib/ keeps their basenames valid.
+                    entries[target] = FileEntry.symlink(target, PurePosixPath(link).name if "/lib/" in target else link)
+                elif member.isfile():
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    entries[target] = FileEntry(path=target, data=f.read(), mode=member.mode & 0o777)
+    return list(entries.values())
+
+
+def agent_entries(package_root: Path) -> list[FileEntry]:
+    """innerloop/__init__.py plus the stdlib-only agent and protocol packages."""
+    dest = f"{IMAGE_ROOT}/lib/python3.11/innerloop"
+    entries = [FileEntry(path=f"{dest}/__init__.py", data=(package_root / "__init__.py").read_bytes())]
+    for pkg in AGENT_PACKAGES:
+        for src in sorted((package_root / pkg).rglob("*.py")):
+            rel = src.relative_to(package_root).as_posix()
+            entries.append(FileEntry(path=f"{dest}/{rel}", data=src.read_bytes()))
+    return entries
+
+
+def _with_parents(entries: list[FileEntry]) -> list[FileEntry]:
+    dirs: set[str] = set()
+    for e in entries:
+        for parent in PurePosixPath(e.path).parents:
+            if str(parent) != "/":
+                dirs.add(str(parent))
+    return [*entries, *(FileEntry.directory(d) for d in sorted(dirs))]
+
+
+def build_agent_image(*, python_archive: Path, out_dir: Path) -> BuiltImage:
+    package_root = Path(__file__).resolve().parents[1]
+    runtime = layer_from_entries(_with_parents(runtime_entries(python_archive)))
+    agent = layer_from_entries(_with_parents(agent_entries(package_root)))
+    config = ImageConfig(
+        entrypoint=runtime_command(IMAGE_ROOT),
+        env=runtime_env(IMAGE_ROOT),
+        user="65532",
+        labels={"org.opencontainers.image.title": "innerloop-agent"},
+    )
+    layers = [runtime, agent]
+    tag = f"innerloop.local/agent:{image_id(layers=layers, config=config)[:12]}"
+    archive = out_dir / f"agent-{tag.rsplit(':', 1)[1]}.tar"
+    if not archive.exists():
+        write_archive(archive, tag=tag, layers=layers, config=config)
+    return BuiltImage(tag=tag, archive=archive)

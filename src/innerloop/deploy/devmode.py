@@ -1,0 +1,162 @@
+"""The dev-mode patch: make a workload's container syncable and restartable (pure).
+
+Nothing is rebuilt and nothing needs a shell or tar in the image:
+
+- an init container copies the agent's self-contained runtime (see
+  :mod:`innerloop.build.agent_image`) into an emptyDir mounted at ``/.innerloop``;
+- for every sync target, an init container running *the app's own image*
+  seeds an emptyDir with what the image has at that path, and the app
+  container mounts that emptyDir there: the path becomes writable while the
+  root filesystem stays read-only;
+- the app container's command becomes the agent, which runs the original
+  command as its child, serves the CLI on a loopback port inside the pod, and
+  restarts the child after a sync without the container ever exiting (so no
+  CrashLoopBackOff and no liveness failure);
+- the agent's token comes from a Secret mounted read-only.
+
+Every added container passes the *restricted* Pod Security Standard.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from innerloop.build.agent_image import IMAGE_ROOT, MOUNT_ROOT, runtime_command, runtime_env
+from innerloop.deploy.render import pod_spec
+
+TOKEN_DIR = "/.innerloop-token"
+SYNC_SEED_DIR = "/.innerloop-sync"
+DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
+AGENT_PORT_ANNOTATION = "innerloop.dev/agent-port"
+
+
+class DevModeError(ValueError):
+    """The workload cannot be put in dev mode; the message says what to change."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DevMode:
+    agent_image: str
+    token_secret: str
+    command: Sequence[str]  # the app's original command (entrypoint + args)
+    sync_targets: Sequence[str]  # absolute container paths
+    container: str | None = None
+    agent_port: int = 47600
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def _restricted(existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    ctx: dict[str, Any] = dict(existing or {})
+    ctx.update(
+        allowPrivilegeEscalation=False,
+        readOnlyRootFilesystem=True,
+        runAsNonRoot=True,
+        capabilities={"drop": ["ALL"]},
+    )
+    ctx.setdefault("runAsUser", 65532)
+    return ctx
+
+
+def find_container(spec: Mapping[str, Any], name: str | None) -> dict[str, Any]:
+    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    if name is None:
+        if len(containers) != 1:
+            names = ", ".join(str(c.get("name")) for c in containers)
+            raise DevModeError(
+                f"the pod has {len(containers)} containers ({names}): set `container:` in innerloop.yaml"
+            )
+        return containers[0]
+    for c in containers:
+        if c.get("name") == name:
+            return c
+    raise DevModeError(f"no container named {name!r} in the pod")
+
+
+def original_command(
+    container: Mapping[str, Any], image_entrypoint: Sequence[str], image_cmd: Sequence[str]
+) -> list[str]:
+    """What the container would run without innerloop, as Kubernetes computes it."""
+    command = container.get("command")
+    args = container.get("args")
+    if command:
+        return [*command, *(args or [])]
+    if args is not None:
+        return [*image_entrypoint, *args]
+    return [*image_entrypoint, *image_cmd]
+
+
+def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
+    """A copy of ``workload`` with the dev-mode patch applied."""
+    doc = copy.deepcopy(dict(workload))
+    spec = pod_spec(doc)
+    if spec is None:
+        raise DevModeError(f"{doc.get('kind')} has no pod template; dev mode needs a Deployment or StatefulSet")
+    if not dev.command:
+        raise DevModeError("the container has no command and its image no entrypoint: set `command` in the manifest")
+    app = find_container(spec, dev.container)
+    for target in dev.sync_targets:
+        if not target.startswith("/"):
+            raise DevModeError(f"sync target {target!r} must be an absolute container path")
+
+    volumes = spec.setdefault("volumes", [])
+    volumes.append({"name": "innerloop-runtime", "emptyDir": {}})
+    volumes.append({"name": "innerloop-token", "secret": {"secretName": dev.token_secret, "defaultMode": 0o444}})
+    runtime_mount = {"name": "innerloop-runtime", "mountPath": MOUNT_ROOT, "readOnly": True}
+
+    init = [
+        {
+            "name": "innerloop-install",
+            "image": dev.agent_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": [*runtime_command(IMAGE_ROOT), "seed", IMAGE_ROOT, MOUNT_ROOT],
+            "env": [{"name": k, "value": v} for k, v in runtime_env(IMAGE_ROOT).items()],
+            "volumeMounts": [{"name": "innerloop-runtime", "mountPath": MOUNT_ROOT}],
+            "securityContext": _restricted(),
+        }
+    ]
+    app_mounts = app.setdefault("volumeMounts", [])
+    for i, target in enumerate(dev.sync_targets):
+        volume = f"innerloop-sync-{i}"
+        volumes.append({"name": volume, "emptyDir": {}})
+        seed_dir = f"{SYNC_SEED_DIR}/{i}"
+        init.append(
+            {
+                "name": f"innerloop-seed-{i}",
+                "image": app["image"],
+                "imagePullPolicy": app.get("imagePullPolicy", "IfNotPresent"),
+                "command": [*runtime_command(MOUNT_ROOT), "seed", target, seed_dir],
+                "env": [{"name": k, "value": v} for k, v in runtime_env(MOUNT_ROOT).items()],
+                "volumeMounts": [runtime_mount, {"name": volume, "mountPath": seed_dir}],
+                "securityContext": _restricted(app.get("securityContext")),
+            }
+        )
+        app_mounts.append({"name": volume, "mountPath": target.rstrip("/") or "/"})
+    app_mounts.append(runtime_mount)
+    app_mounts.append({"name": "innerloop-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    spec["initContainers"] = [*init, *(spec.get("initContainers") or [])]
+
+    app["command"] = [
+        *runtime_command(MOUNT_ROOT),
+        "run",
+        "--listen",
+        f"127.0.0.1:{dev.agent_port}",
+        "--token-file",
+        f"{TOKEN_DIR}/token",
+        "--",
+        *dev.command,
+    ]
+    app.pop("args", None)
+    env = [e for e in app.get("env") or [] if e.get("name") not in dev.env]
+    env += [{"name": k, "value": v} for k, v in dev.env.items()]
+    env += [{"name": k, "value": v} for k, v in runtime_env(MOUNT_ROOT).items()]
+    app["env"] = env
+
+    template_meta = doc["spec"]["template"].setdefault("metadata", {}) if "template" in doc.get("spec", {}) else None
+    if template_meta is not None:
+        annotations = template_meta.setdefault("annotations", {})
+        annotations[DEV_MODE_ANNOTATION] = "true"
+        annotations[AGENT_PORT_ANNOTATION] = str(dev.agent_port)
+    return doc

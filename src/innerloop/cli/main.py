@@ -9,6 +9,7 @@ import click
 from innerloop import __version__
 from innerloop.cli.cluster import cluster
 from innerloop.cli.demo import demo
+from innerloop.cli.dev import down_command, logs, status, up
 from innerloop.cli.schema import schema
 
 
@@ -20,6 +21,10 @@ def cli() -> None:
 
 cli.add_command(cluster)
 cli.add_command(demo)
+cli.add_command(up)
+cli.add_command(down_command)
+cli.add_command(status)
+cli.add_command(logs)
 cli.add_command(schema)
 
 

@@ -218,3 +218,63 @@ class PortForwardStream:
         with contextlib.suppress(asyncio.CancelledError):
             await self._pump
         await self._session.close()
+
+
+class PortForwardByteStream:
+    """A :class:`PortForwardStream` behind the ``ByteStream`` shape a protocol session wants.
+
+    ``write`` only queues (frames stay whole and in order); one sender task,
+    owned here, moves them to the websocket; ``drain`` waits while more than
+    ``high_water`` bytes are queued.
+    """
+
+    def __init__(self, stream: PortForwardStream, *, high_water: int = 1 << 20) -> None:
+        self._stream = stream
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queued = 0
+        self._high_water = high_water
+        self._room = asyncio.Event()
+        self._room.set()
+        self._failed: BaseException | None = None
+        self._sender = asyncio.create_task(self._send(), name="port-forward-sender")
+
+    @classmethod
+    async def open(cls, conn: ClusterConnection, *, namespace: str, pod: str, port: int) -> PortForwardByteStream:
+        return cls(await PortForwardStream.open(conn, namespace=namespace, pod=pod, port=port))
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                data = await self._queue.get()
+                await self._stream.write(data)
+                self._queued -= len(data)
+                if self._queued <= self._high_water:
+                    self._room.set()
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as err:
+            self._failed = err
+            self._room.set()
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self._stream.reader.read(n)
+        except StreamError:
+            return b""
+
+    def write(self, data: bytes) -> None:
+        if self._failed is not None:
+            return
+        self._queue.put_nowait(data)
+        self._queued += len(data)
+        if self._queued > self._high_water:
+            self._room.clear()
+
+    async def drain(self) -> None:
+        await self._room.wait()
+        if self._failed is not None:
+            raise ConnectionError(f"port-forward broke: {self._failed}")
+
+    async def close(self) -> None:
+        self._sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sender
+        await self._stream.close()

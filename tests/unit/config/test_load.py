@@ -45,7 +45,7 @@ class TestExample:
         for name, s in project.services.items():
             assert s.restart == "process"
             assert [(r.local, r.remote, r.exclude) for r in s.sync] == [
-                (f"{name}/", "/app/", ["__pycache__/", "*.pyc"])
+                (f"{name}/", "/app/", ["__pycache__/", "*.pyc", "Dockerfile"])
             ]
 
     @pytest.mark.parametrize("name", ["backend", "api", "frontend"])

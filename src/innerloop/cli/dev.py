@@ -1,0 +1,159 @@
+"""``innerloop up|down|status|logs``: the dev loop and its views from other terminals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+
+from innerloop.cluster.progress import StepFailed
+from innerloop.config import ConfigError, find_config
+from innerloop.deploy.apply import DeployError
+from innerloop.deploy.devmode import DevModeError
+from innerloop.engine.api import socket_path
+from innerloop.engine.plan import PlanError
+from innerloop.engine.up import DevLoop, UpError, connect, down
+from innerloop.k8s.connection import ClusterUnreachable
+from innerloop.logs.lines import LogLine, color_index, format_line
+
+USER_ERRORS = (ConfigError, PlanError, DevModeError, DeployError, UpError, ClusterUnreachable, StepFailed)
+
+
+def _report(message: str) -> None:
+    click.echo(click.style("innerloop ", fg="bright_black") + message, err=True)
+
+
+def _config(path: str | None) -> Path:
+    return Path(path).resolve() if path else find_config(Path.cwd())
+
+
+config_option = click.option("-f", "--file", "config_file", help="innerloop.yaml (default: found upwards from here)")
+namespace_option = click.option("-n", "--namespace", help="Namespace (default: innerloop.yaml, then the kubeconfig)")
+
+
+async def _until_signal(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work``; SIGTERM cancels it like Ctrl+C, so every owner cleans up."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        await task
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+@click.command()
+@config_option
+@namespace_option
+@click.option("--no-color", is_flag=True, help="Plain log prefixes.")
+def up(config_file: str | None, namespace: str | None, no_color: bool) -> None:
+    """Build, deploy and develop: sync edits into running containers, forward ports, follow logs."""
+    try:
+        path = _config(config_file)
+        loop = DevLoop(
+            config_path=path,
+            target=connect(_report),
+            namespace=namespace,
+            report=_report,
+            color=not no_color and sys.stdout.isatty(),
+            print_log=click.echo,
+        )
+        asyncio.run(_until_signal(loop.run()))
+    except USER_ERRORS as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _report("stopped; the app stays deployed (`innerloop down` removes it)")
+
+
+@click.command(name="down")
+@config_option
+@namespace_option
+def down_command(config_file: str | None, namespace: str | None) -> None:
+    """Remove everything `up` created and restore everything it changed."""
+    try:
+        done = asyncio.run(down(config_path=_config(config_file), target=connect(_report), namespace=namespace))
+    except USER_ERRORS as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    for line in done:
+        _report(line)
+    _report("nothing to remove" if not done else f"removed or restored {len(done)} objects")
+
+
+def _api(sock: Path) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        base_url="http://innerloop",
+        connector=aiohttp.UnixConnector(path=str(sock)),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=2),
+    )
+
+
+def _socket(config_file: str | None) -> Path:
+    sock = socket_path(_config(config_file).parent)
+    if not sock.exists():
+        click.echo(f"error: `innerloop up` is not running for {sock.parent.parent} (no {sock})", err=True)
+        sys.exit(1)
+    return sock
+
+
+@click.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def status(config_file: str | None, as_json: bool) -> None:
+    """What a running `innerloop up` is doing (from another terminal)."""
+
+    async def fetch() -> dict[str, object]:
+        async with _api(_socket(config_file)) as api, api.get("/v1/status") as resp:
+            data: dict[str, object] = await resp.json()
+            return data
+
+    try:
+        snapshot = asyncio.run(fetch())
+    except aiohttp.ClientError as err:
+        click.echo(f"error: cannot reach `innerloop up`: {err}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(snapshot, indent=2))
+        return
+    click.echo(f"project {snapshot['project']} in namespace {snapshot['namespace']}")
+    services = snapshot["services"]
+    assert isinstance(services, dict)
+    for name, s in services.items():
+        sync = f"{s['syncs']} syncs, last {s['last_sync_ms']} ms" if s["syncs"] else "no syncs yet"
+        click.echo(f"  {name:<16} {s['phase']:<10} {s['pod'] or '-':<36} {sync}  {' '.join(s['forwards'])}")
+
+
+@click.command()
+@config_option
+@click.argument("service", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+def logs(config_file: str | None, service: str | None, follow: bool) -> None:
+    """Logs of every service (or one), from a running `innerloop up`."""
+
+    async def stream() -> None:
+        query = f"?follow={'1' if follow else '0'}" + (f"&service={service}" if service else "")
+        async with _api(_socket(config_file)) as api, api.get(f"/v1/logs{query}") as resp:
+            async for raw in resp.content:
+                entry = json.loads(raw)
+                line = LogLine(
+                    service=entry["service"],
+                    pod=entry["pod"],
+                    container="",
+                    text=entry["text"],
+                    timestamp=datetime.fromtimestamp(entry["at"], UTC),
+                )
+                colour = color_index(entry["service"]) if sys.stdout.isatty() else None
+                click.echo(format_line(line, colour, 12))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(stream())

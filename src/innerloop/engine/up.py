@@ -1,0 +1,240 @@
+"""`innerloop up`: build, deploy in dependency order, then sync, forward and follow logs.
+
+One owner task per long-running thing, all inside one TaskGroup: a service's
+sync session, each of its port-forwards, its log follower, and the local API.
+Ctrl+C cancels the group; everything stops cleanly and the deployed objects
+stay (``innerloop down`` removes them and restores what they replaced, from
+the record :mod:`innerloop.deploy.apply` keeps in the cluster).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightkube import ApiError, AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace
+
+from innerloop.build.agent_image import build_agent_image
+from innerloop.cluster.components import API_PORT
+from innerloop.cluster.images import ClusterImages
+from innerloop.cluster.node import BundledCluster
+from innerloop.cluster.paths import ClusterPaths
+from innerloop.config import Project, load_config
+from innerloop.deploy.apply import apply_all, restore_all, wait_rollout
+from innerloop.engine.api import serve
+from innerloop.engine.plan import BuiltImageInfo, ServicePlan, plan_service, start_order
+from innerloop.engine.sources import build_service_image, read_manifests
+from innerloop.engine.store import Store
+from innerloop.forward.forward import ForwardEvent, PortForward
+from innerloop.k8s.connection import ClusterConnection, default_kubeconfig
+from innerloop.logs.follower import LogFollower
+from innerloop.logs.lines import LogLine, color_index, format_line
+from innerloop.oci.archive import BuiltImage
+from innerloop.sync.session import SyncSession
+
+Report = Callable[[str], None]
+BUNDLED_SERVER = f"https://127.0.0.1:{API_PORT}"
+
+
+class UpError(RuntimeError):
+    """`up` cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Target:
+    """The cluster `up` works against and how images reach it."""
+
+    conn: ClusterConnection
+    bundled: BundledCluster | None
+
+    def load_image(self, image: BuiltImage) -> None:
+        if self.bundled is None:
+            raise UpError(
+                f"built {image.tag}, but only the bundled cluster can load images without a registry for now; "
+                "unset KUBECONFIG to use it"
+            )
+        present = self.bundled.ctr("images", "ls", "-q").stdout.split()
+        if image.tag not in present:
+            self.bundled.import_image(image.archive)
+
+
+def connect(report: Report) -> Target:
+    """The configured cluster (KUBECONFIG or ~/.kube/config), else the bundled one, started if needed."""
+    configured = default_kubeconfig()
+    bundled = BundledCluster(report=report)
+    if configured.exists() and configured.resolve() != bundled.paths.kubeconfig.resolve():
+        conn = ClusterConnection.from_kubeconfig(configured)
+        # Another identity (say, a least-privilege ServiceAccount) on the bundled cluster still loads images there.
+        on_bundled = bundled.info() is not None and conn.server == BUNDLED_SERVER
+        return Target(conn=conn, bundled=bundled if on_bundled else None)
+    if bundled.info() is None:
+        report("no cluster configured: starting the bundled one (`innerloop cluster up`)")
+        bundled.up()
+    return Target(conn=ClusterConnection.from_kubeconfig(bundled.paths.kubeconfig), bundled=bundled)
+
+
+async def ensure_namespace(client: AsyncClient, name: str) -> None:
+    try:
+        await client.get(Namespace, name)
+    except ApiError as err:
+        if err.status.code != 404:
+            raise
+        await client.create(Namespace(metadata=ObjectMeta(name=name)))
+
+
+class DevLoop:
+    def __init__(
+        self,
+        *,
+        config_path: Path,
+        target: Target,
+        namespace: str | None,
+        report: Report,
+        print_log: Report = print,
+        color: bool = True,
+    ) -> None:
+        self.config_path = config_path
+        self.root = config_path.parent
+        self.project: Project = load_config(config_path)
+        self.target = target
+        self.namespace = namespace or self.project.namespace or target.conn.namespace
+        self.report = report
+        self.print_log = print_log
+        self.color = color
+        self.store = Store(project=self.project.name, namespace=self.namespace)
+        self.plans: dict[str, ServicePlan] = {}
+        self.tokens: dict[str, str] = {}
+
+    # -- build and deploy -------------------------------------------------------
+
+    def build(self) -> tuple[dict[str, BuiltImageInfo], str]:
+        paths = self.target.bundled.paths if self.target.bundled else ClusterPaths.from_env()
+        built: dict[str, BuiltImageInfo] = {}
+        for name, service in self.project.services.items():
+            if service.image is None:
+                continue
+            self.store.update(name, phase="building")
+            started = time.monotonic()
+            image, info = build_service_image(self.root, name, service, paths=paths)
+            self.target.load_image(image)
+            built[service.image.name] = info
+            self.store.update(name, image=image.tag)
+            self.report(f"{name}: image {image.tag} ({(time.monotonic() - started) * 1000:.0f} ms)")
+        agent = build_agent_image(
+            python_archive=ClusterImages(paths=paths, report=self.report).python().archive, out_dir=paths.images
+        )
+        if any(s.sync for s in self.project.services.values()):
+            self.target.load_image(agent)
+        return built, agent.tag
+
+    async def deploy(self, client: AsyncClient) -> None:
+        built, agent_tag = await asyncio.to_thread(self.build)
+        await ensure_namespace(client, self.namespace)
+        kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
+        for wave in start_order(self.project):
+            for name in wave:
+                service = self.project.services[name]
+                token = self.tokens.setdefault(name, secrets.token_urlsafe(32))
+                docs = read_manifests(self.root, name, service, kubectl=kubectl)
+                plan = plan_service(
+                    project=self.project, name=name, docs=docs, built=built, agent_image=agent_tag, token=token
+                )
+                self.plans[name] = plan
+                self.store.update(name, phase="deploying")
+                await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
+            for name in wave:
+                plan = self.plans[name]
+                if plan.ready_wait:
+                    await wait_rollout(
+                        client,
+                        namespace=self.namespace,
+                        kind=plan.workload_kind,
+                        name=plan.workload_name,
+                        on_progress=functools.partial(self._progress, name),
+                    )
+                self.store.update(name, phase="running")
+                self.report(f"{name}: ready")
+
+    # -- the loop ---------------------------------------------------------------
+
+    async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        client = self.target.conn.client()
+        try:
+            await self.deploy(client)
+        finally:
+            await client.close()
+        async with serve(self.store, self.root), asyncio.TaskGroup() as tg:
+            for name, plan in self.plans.items():
+                service = self.project.services[name]
+                if plan.dev_mode:
+                    session = SyncSession(
+                        conn=self.target.conn,
+                        namespace=self.namespace,
+                        service=name,
+                        plan=plan,
+                        token=self.tokens[name],
+                        root=self.root,
+                        config=service,
+                        store=self.store,
+                        report=self.report,
+                    )
+                    tg.create_task(session.run(), name=f"sync-{name}")
+                for port in service.ports:
+                    local = port.local if port.local is not None else int(port.remote)
+                    forward = PortForward(
+                        self.target.conn,
+                        namespace=self.namespace,
+                        selector=plan.selector,
+                        remote_port=port.remote,
+                        local_port=local,
+                        address=port.address,
+                        on_event=functools.partial(self._forward_event, name),
+                    )
+                    await forward.start()
+                    tg.create_task(forward.run(), name=f"forward-{name}-{local}")
+                    self.store.service(name).forwards.append(f"{port.address}:{local} -> {port.remote}")
+                    self.report(f"{name}: forwarding {port.address}:{local} -> {port.remote}")
+                tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
+            if ready is not None:
+                ready.set()
+            self.report("watching for changes (Ctrl+C to stop)")
+
+    def _progress(self, service: str, message: str) -> None:
+        self.report(f"{service}: {message}")
+
+    def _forward_event(self, service: str, event: ForwardEvent) -> None:
+        self.report(f"{service}: {event.message}")
+
+    async def _follow_logs(self, name: str, plan: ServicePlan) -> None:
+        width = max(len(n) for n in self.project.services)
+        colour = color_index(name) if self.color else None
+
+        def on_line(line: LogLine) -> None:
+            self.store.log(name, line.pod, line.text)
+            self.print_log(format_line(line, colour, width))
+
+        await LogFollower(
+            self.target.conn,
+            namespace=self.namespace,
+            selector=plan.selector,
+            service_name=name,
+            on_line=on_line,
+            container=plan.container,
+        ).run()
+
+
+async def down(*, config_path: Path, target: Target, namespace: str | None) -> list[str]:
+    project = load_config(config_path)
+    ns = namespace or project.namespace or target.conn.namespace
+    client = target.conn.client()
+    try:
+        return await restore_all(client, project=project.name, namespace=ns)
+    finally:
+        await client.close()

@@ -1,0 +1,266 @@
+"""One service's sync session: local edits -> the agent in its pod, then a restart.
+
+The session owns three things: a watcher over the service's sync roots
+(started first, so no edit made while connecting is lost), the connection to
+the agent (a port-forward to the agent's loopback port in the pod, through
+the API server), and the loop that turns each batch of changes into one
+``sync.apply`` and, when configured, one ``process.restart``.
+
+When the pod goes away (deleted, rolled, evicted) the session finds the next
+ready pod, reconnects and runs the initial comparison again: files are
+compared by content hash with the agent's tree, so edits made meanwhile
+arrive and nothing unchanged is sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import watchfiles
+from lightkube.resources.core_v1 import Pod
+
+from innerloop.config import Service
+from innerloop.k8s.connection import ClusterConnection
+from innerloop.k8s.streams import PortForwardByteStream, StreamError
+from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
+from innerloop.protocol.session import SessionClosed
+from innerloop.sync.ignore import SyncScope, load_scope
+
+if TYPE_CHECKING:
+    from innerloop.engine.plan import ServicePlan
+    from innerloop.engine.store import Store
+
+Report = Callable[[str], None]
+DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
+
+
+@dataclass
+class SyncRoot:
+    local: Path
+    remote: str
+    scope: SyncScope
+    sent: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 the agent has
+
+    def relative(self, path: Path) -> str | None:
+        try:
+            rel = path.relative_to(self.local).as_posix()
+        except ValueError:
+            return None
+        return None if rel in ("", ".") or self.scope.ignores(rel) else rel
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def scan(root: SyncRoot) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file the rule covers."""
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root.local):
+        base = Path(dirpath)
+        rel_dir = base.relative_to(root.local).as_posix()
+        rel_dir = "" if rel_dir == "." else rel_dir
+        dirnames[:] = [d for d in dirnames if not root.scope.prunes(f"{rel_dir}/{d}".lstrip("/"))]
+        for name in filenames:
+            rel = f"{rel_dir}/{name}".lstrip("/")
+            full = base / name
+            if root.scope.covers(rel) and full.is_file() and not full.is_symlink():
+                found[rel] = file_sha256(full)
+    return found
+
+
+def steps_for(service: Service, changed: list[str]) -> list[list[str]]:
+    """The ``onChange`` commands whose patterns match a changed path (pure)."""
+    return [
+        list(step.run)
+        for step in service.on_change
+        if any(fnmatch.fnmatch(path, pattern) for path in changed for pattern in step.paths)
+    ]
+
+
+class SyncSession:
+    def __init__(
+        self,
+        *,
+        conn: ClusterConnection,
+        namespace: str,
+        service: str,
+        plan: ServicePlan,
+        token: str,
+        root: Path,
+        config: Service,
+        store: Store,
+        report: Report,
+    ) -> None:
+        self._conn = conn
+        self._namespace = namespace
+        self._service = service
+        self._plan = plan
+        self._token = token
+        self._config = config
+        self._store = store
+        self._report = report
+        self.roots = [
+            SyncRoot(
+                local=(root / r.local).resolve(), remote=r.remote, scope=load_scope(root / r.local, exclude=r.exclude)
+            )
+            for r in config.sync
+        ]
+        self._dirty: set[tuple[int, str]] = set()
+        self._wake = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(), name=f"watch-{self._service}")
+            tg.create_task(self._serve(), name=f"sync-{self._service}")
+
+    # -- watching -------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        roots = [str(r.local) for r in self.roots]
+        async for changes in watchfiles.awatch(*roots, step=10, debounce=200, rust_timeout=0, yield_on_timeout=False):
+            for _change, raw in changes:
+                path = Path(raw)
+                for i, root in enumerate(self.roots):
+                    rel = root.relative(path)
+                    if rel is not None:
+                        self._dirty.add((i, rel))
+            if self._dirty:
+                self._wake.set()
+
+    # -- the connection ----------------------------------------------------------
+
+    async def _ready_pod(self) -> str:
+        client = self._conn.client()
+        labels: dict[str, Any] = dict(self._plan.selector)
+        try:
+            while True:
+                pods = [p async for p in client.list(Pod, namespace=self._namespace, labels=labels)]
+                ready = []
+                for p in pods:
+                    meta, status = p.metadata, p.status
+                    if meta is None or status is None or meta.deletionTimestamp is not None:
+                        continue
+                    if (meta.annotations or {}).get(DEV_MODE_ANNOTATION) != "true":
+                        continue
+                    conditions = {c.type: c.status for c in status.conditions or []}
+                    if status.phase == "Running" and conditions.get("ContainersReady") == "True":
+                        ready.append((meta.creationTimestamp, meta.name))
+                if ready:
+                    return str(max(ready)[1])
+                await asyncio.sleep(0.25)
+        finally:
+            await client.close()
+
+    async def _serve(self) -> None:
+        while True:
+            pod = await self._ready_pod()
+            try:
+                stream = await PortForwardByteStream.open(
+                    self._conn, namespace=self._namespace, pod=pod, port=self._plan.agent_port
+                )
+                async with await AgentClient.connect(stream, token=self._token) as agent:
+                    self._store.update(self._service, pod=pod, phase="running")
+                    await self._initial_sync(agent)
+                    self.connected.set()
+                    while True:
+                        await self._wake.wait()
+                        self._wake.clear()
+                        await self._sync_dirty(agent)
+            except (AgentError, SessionClosed, StreamError, ConnectionError, TimeoutError) as err:
+                self.connected.clear()
+                self._store.update(self._service, message=f"reconnecting: {err}")
+                self._report(f"{self._service}: lost the agent in {pod} ({err}); reconnecting")
+                await asyncio.sleep(0.2)
+
+    async def _initial_sync(self, agent: AgentClient) -> None:
+        total_files = 0
+        for root in self.roots:
+            local = await asyncio.to_thread(scan, root)
+            remote = await agent.tree(root.remote)
+            uploads = [rel for rel, sha in local.items() if remote.get(rel) != sha]
+            deletes = [rel for rel in remote if rel not in local and root.scope.covers(rel)]
+            root.sent = {rel: sha for rel, sha in remote.items() if rel not in deletes}
+            if uploads or deletes:
+                await self._send(agent, root, uploads, deletes, local)
+                total_files += len(uploads) + len(deletes)
+        if total_files and self._config.restart == "process":
+            await self._restart(agent)
+        self._report(f"{self._service}: in sync ({total_files} files sent)")
+
+    async def _sync_dirty(self, agent: AgentClient) -> None:
+        started = time.perf_counter()
+        dirty, self._dirty = self._dirty, set()
+        sent_any = False
+        changed: list[str] = []
+        for i, root in enumerate(self.roots):
+            paths = sorted(rel for j, rel in dirty if j == i)
+            uploads, deletes, hashes = [], [], {}
+            for rel in paths:
+                full = root.local / rel
+                if full.is_file() and not full.is_symlink():
+                    sha = await asyncio.to_thread(file_sha256, full)
+                    if root.sent.get(rel) != sha:  # unchanged content (mtime churn) sends nothing
+                        uploads.append(rel)
+                        hashes[rel] = sha
+                elif not full.exists() and rel in root.sent:
+                    deletes.append(rel)
+                elif full.is_dir():
+                    for sub, sha in (
+                        await asyncio.to_thread(scan, SyncRoot(local=full, remote="", scope=root.scope))
+                    ).items():
+                        rel_sub = f"{rel}/{sub}"
+                        if root.sent.get(rel_sub) != sha:
+                            uploads.append(rel_sub)
+                            hashes[rel_sub] = sha
+            deletes += [
+                p for p in root.sent if any(p.startswith(d + "/") for d in paths) and not (root.local / p).exists()
+            ]
+            if uploads or deletes:
+                await self._send(agent, root, uploads, sorted(set(deletes)), hashes)
+                sent_any = True
+                changed += uploads + deletes
+        if not sent_any:
+            return
+        sync_ms = (time.perf_counter() - started) * 1000
+        for argv in steps_for(self._config, changed):
+            done = await agent.run(argv)
+            self._report(f"{self._service}: ran {' '.join(argv)} -> exit {done.exit_code}")
+        restart_ms = None
+        if self._config.restart == "process":
+            restart_ms = await self._restart(agent)
+        status = self._store.service(self._service)
+        self._store.update(
+            self._service,
+            syncs=status.syncs + 1,
+            files_synced=status.files_synced + len(changed),
+            last_sync_ms=round(sync_ms, 1),
+            last_restart_ms=restart_ms,
+        )
+        extra = f", restarted in {restart_ms:.0f} ms" if restart_ms is not None else ""
+        self._report(f"{self._service}: synced {len(changed)} file(s) in {sync_ms:.0f} ms{extra}")
+
+    async def _send(
+        self, agent: AgentClient, root: SyncRoot, uploads: list[str], deletes: list[str], hashes: dict[str, str]
+    ) -> None:
+        files = [FileUpload.from_file(rel, root.local / rel, sha256=hashes.get(rel)) for rel in uploads]
+        await agent.apply(SyncBatch(root=root.remote, files=files, deletes=deletes))
+        for upload in files:
+            root.sent[upload.meta.path] = upload.meta.sha256
+        for rel in deletes:
+            root.sent.pop(rel, None)
+
+    async def _restart(self, agent: AgentClient) -> float:
+        started = time.perf_counter()
+        await agent.restart()
+        return round((time.perf_counter() - started) * 1000, 1)

@@ -1,0 +1,163 @@
+"""`innerloop up` end to end on the bookshop example: deploy, sync, restart, forward, logs, down."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from innerloop.demo import example_dir
+
+from .kube import Kube, eventually, free_port
+
+
+@dataclass
+class Up:
+    dir: Path
+    namespace: str
+    ports: dict[str, int]
+    proc: subprocess.Popen[str]
+    cli: list[str]
+    log: Path
+
+    def get(self, service: str = "frontend", path: str = "/api.json") -> dict[str, object]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}{path}", timeout=5) as resp:
+            data: dict[str, object] = json.load(resp)
+            return data
+
+    def greeting(self) -> str:
+        chain: Any = self.get()
+        api = chain["via"][0]
+        return str(api["via"][0]["greeting"])
+
+    def cli_run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.cli, *args], cwd=self.dir, capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Up]:
+    # A copy of the example, so edits never touch the repository, on free local ports.
+    app = tmp_path / "bookshop"
+    shutil.copytree(example_dir(), app, ignore=shutil.ignore_patterns(".innerloop", "__pycache__"))
+    config = yaml.safe_load((app / "innerloop.yaml").read_text())
+    ports = {}
+    for name, service in config["services"].items():
+        ports[name] = free_port()
+        service["ports"][0]["local"] = ports[name]
+    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [*innerloop_cli, "up", "-n", namespace, "--no-color"],
+        cwd=app,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    handle = Up(dir=app, namespace=namespace, ports=ports, proc=proc, cli=innerloop_cli, log=log)
+    try:
+        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and handle.greeting(), timeout_s=180)
+        yield handle
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _pod(kube: Kube, namespace: str, app: str) -> dict[str, object]:
+    pods = kube.get_json("pods", "-n", namespace, "-l", f"app.kubernetes.io/name={app}")["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    assert len(live) == 1, [p["metadata"]["name"] for p in pods]
+    pod: dict[str, object] = live[0]
+    return pod
+
+
+def test_edit_reaches_the_running_container_without_a_new_pod(up: Up, kube: Kube) -> None:
+    assert up.greeting() == "hello from backend"
+    before = _pod(kube, up.namespace, "backend")
+    source = up.dir / "backend" / "app.py"
+    source.write_text(source.read_text().replace('"hello from backend"', '"hello from an edit"'))
+    started = time.monotonic()
+    eventually(lambda: up.greeting() == "hello from an edit", timeout_s=15, interval_s=0.05)
+    elapsed = time.monotonic() - started
+    after = _pod(kube, up.namespace, "backend")
+    # Same pod, same container: the process was restarted by the agent, nothing was recreated.
+    assert after["metadata"]["name"] == before["metadata"]["name"]  # type: ignore[index]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0  # type: ignore[index]
+    assert elapsed < 15
+    assert "backend: synced 1 file(s)" in up.log.read_text()
+
+
+def test_new_and_deleted_files_propagate_and_excludes_hold(up: Up, kube: Kube) -> None:
+    pod = _pod(kube, up.namespace, "backend")["metadata"]["name"]  # type: ignore[index]
+
+    def remote_listing() -> list[str]:
+        out = kube.run(
+            "exec",
+            "-n",
+            up.namespace,
+            str(pod),
+            "-c",
+            "backend",
+            "--",
+            "python3",
+            "-c",
+            "import os; print(sorted(os.listdir('/app')))",
+        )
+        listing: list[str] = eval(out.stdout)
+        return listing
+
+    (up.dir / "backend" / "notes.txt").write_text("synced\n")
+    (up.dir / "backend" / "scratch.pyc").write_bytes(b"excluded")
+    eventually(lambda: "notes.txt" in remote_listing(), timeout_s=15)
+    assert "scratch.pyc" not in remote_listing()
+    (up.dir / "backend" / "notes.txt").unlink()
+    eventually(lambda: "notes.txt" not in remote_listing(), timeout_s=15)
+    assert "Dockerfile" not in remote_listing()
+
+
+def test_status_and_logs_work_from_another_terminal(up: Up) -> None:
+    status = up.cli_run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    snapshot = json.loads(status.stdout)
+    assert snapshot["namespace"] == up.namespace
+    assert set(snapshot["services"]) == {"backend", "api", "frontend"}
+    assert all(s["phase"] == "running" and s["pod"] for s in snapshot["services"].values())
+    up.get()  # makes the backend log a request
+    logs = eventually(lambda: (r := up.cli_run("logs", "backend")).stdout.count("GET /books") and r, timeout_s=15)
+    assert all(line.startswith("backend") for line in logs.stdout.splitlines())
+
+
+def test_sync_resumes_after_the_pod_is_deleted(up: Up, kube: Kube) -> None:
+    old = _pod(kube, up.namespace, "backend")["metadata"]["name"]  # type: ignore[index]
+    kube.run("delete", "pod", "-n", up.namespace, str(old), "--wait=false")
+    # Edit while there is no agent to receive it.
+    source = up.dir / "backend" / "app.py"
+    source.write_text(source.read_text().replace('"hello from backend"', '"edited while the pod was gone"'))
+    eventually(lambda: up.greeting() == "edited while the pod was gone", timeout_s=90, interval_s=0.2)
+    assert _pod(kube, up.namespace, "backend")["metadata"]["name"] != old  # type: ignore[index]
+
+
+def test_down_removes_what_up_created(up: Up, kube: Kube) -> None:
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(timeout=20) == 0
+    assert kube.get_json("deployments", "-n", up.namespace)["items"], "Ctrl+C leaves the app deployed"
+    out = up.cli_run("down", "-n", up.namespace)
+    assert out.returncode == 0, out.stderr
+    assert kube.get_json("deployments", "-n", up.namespace)["items"] == []
+    assert kube.get_json("services", "-n", up.namespace)["items"] == []
+    secrets = kube.get_json("secrets", "-n", up.namespace)["items"]
+    assert not [s for s in secrets if s["metadata"]["name"].startswith("innerloop-")]

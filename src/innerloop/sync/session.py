@@ -233,20 +233,18 @@ class SyncSession:
         if not sent_any:
             return
         sync_ms = (time.perf_counter() - started) * 1000
+        # The files are in the container now (before any restart): readers time "file visible" on this.
+        status = self._store.service(self._service)
+        self._store.update(
+            self._service, files_synced=status.files_synced + len(changed), last_sync_ms=round(sync_ms, 1)
+        )
         for argv in steps_for(self._config, changed):
             done = await agent.run(argv)
             self._report(f"{self._service}: ran {' '.join(argv)} -> exit {done.exit_code}")
         restart_ms = None
         if self._config.restart == "process":
             restart_ms = await self._restart(agent)
-        status = self._store.service(self._service)
-        self._store.update(
-            self._service,
-            syncs=status.syncs + 1,
-            files_synced=status.files_synced + len(changed),
-            last_sync_ms=round(sync_ms, 1),
-            last_restart_ms=restart_ms,
-        )
+        self._store.update(self._service, syncs=status.syncs + 1, last_restart_ms=restart_ms)
         extra = f", restarted in {restart_ms:.0f} ms" if restart_ms is not None else ""
         self._report(f"{self._service}: synced {len(changed)} file(s) in {sync_ms:.0f} ms{extra}")
 

@@ -29,6 +29,7 @@ from innerloop.oci.archive import (
     layer_from_entries,
     write_archive,
 )
+from innerloop.oci.bytecode import with_bytecode
 
 NONROOT_UID = 65532
 
@@ -160,7 +161,7 @@ class ClusterImages:
     ) -> BuiltImage:
         debs = self._debs(packages)
         tag, archive = self._archive(
-            name, version, _key(*(d.name.encode() for d in debs), repr(extra).encode(), repr(config).encode())
+            name, version, _key(*(d.name.encode() for d in debs), repr(extra).encode(), repr(config).encode(), b"pyc")
         )
         if archive.exists():
             return BuiltImage(tag=tag, archive=archive)
@@ -173,6 +174,8 @@ class ClusterImages:
             for doc in ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lintian"):
                 subprocess.run(["rm", "-rf", str(root / doc)], check=True)
             entries = [e for e in entries_from_directory(root) if e.path not in {"/etc", "/tmp", "/home"}]
+            # Debian's postinst would compile the stdlib; without it every Python start compiles from source.
+            entries = with_bytecode(entries, under="/usr/lib/python3")
             base = layer_from_entries([*entries, *_passwd_entries(), *extra])
         write_archive(archive, tag=tag, layers=[base], config=config)
         return BuiltImage(tag=tag, archive=archive)

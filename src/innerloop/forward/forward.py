@@ -6,7 +6,7 @@ forwards after a pod restart (Tilt #2099, #4801, #6653; Skaffold #4518).
 Here the local socket is bound once and never changes, and the pod is chosen
 per TCP connection from a watched, cached view of the matching pods
 (``targets.choose_pod``). A connection that cannot reach its pod waits for
-the next eligible one (the watch wakes it; it re-checks at most every 200 ms)
+the next eligible one (the watch wakes it; it re-checks at most every 25 ms)
 for up to a retry window, instead of failing while a replacement starts.
 
 Bytes the client sent before the pod answered are kept, so a connection whose
@@ -53,7 +53,8 @@ from innerloop.k8s.watching import watch_pods
 
 _CHUNK = 64 * 1024
 _REPLAY_LIMIT = 1024 * 1024  # a request bigger than this before any answer is not replayed
-_RECHECK_S = 0.2  # a pod that refused a connection is tried again after this long at the earliest
+# A pod that refused a connection (its app restarting after a sync, say) is tried again after this long.
+_RECHECK_S = 0.025
 _SERVICE_RETRY_S = 1.0
 
 EventKind = Literal["listening", "connected", "retargeted", "waiting", "connection-failed", "error"]

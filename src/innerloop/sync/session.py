@@ -128,7 +128,7 @@ class SyncSession:
 
     async def _watch(self) -> None:
         roots = [str(r.local) for r in self.roots]
-        async for changes in watchfiles.awatch(*roots, step=10, debounce=200, rust_timeout=0, yield_on_timeout=False):
+        async for changes in watchfiles.awatch(*roots, step=10, debounce=30, rust_timeout=0, yield_on_timeout=False):
             for _change, raw in changes:
                 path = Path(raw)
                 for i, root in enumerate(self.roots):

@@ -14,6 +14,8 @@ from typing import Any
 
 import aiohttp
 import click
+import httpx2 as httpx
+from lightkube import ApiError
 
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
@@ -26,6 +28,40 @@ from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.logs.lines import LogLine, color_index, format_line
 
 USER_ERRORS = (ConfigError, PlanError, DevModeError, DeployError, UpError, ClusterUnreachable, StepFailed)
+
+
+def explain(err: BaseException) -> str | None:
+    """One actionable line for errors from the cluster or the network, or None for bugs."""
+    if isinstance(err, USER_ERRORS):
+        return str(err)
+    if isinstance(err, ApiError):
+        if err.status.code == 403:
+            return (
+                f"the cluster refused: {err.status.message}. innerloop needs the namespaced Role in "
+                "docs/RBAC.md (docs/rbac/innerloop-developer.yaml) bound to you in this namespace"
+            )
+        if err.status.code == 401:
+            return f"the cluster does not accept your credentials ({err.status.message}): check your kubeconfig"
+        return f"the cluster answered {err.status.code}: {err.status.message}"
+    if isinstance(err, (httpx.TransportError, OSError)):
+        return (
+            f"cannot reach the cluster: {err}. Check KUBECONFIG and that the cluster runs "
+            "(with no kubeconfig, innerloop starts its bundled cluster)"
+        )
+    if isinstance(err, BaseExceptionGroup):
+        for inner in err.exceptions:
+            found = explain(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _fail(err: BaseException) -> None:
+    message = explain(err)
+    if message is None:
+        raise err
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 def _report(message: str) -> None:
@@ -68,11 +104,10 @@ def up(config_file: str | None, namespace: str | None, no_color: bool) -> None:
             print_log=click.echo,
         )
         asyncio.run(_until_signal(loop.run()))
-    except USER_ERRORS as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
     except (KeyboardInterrupt, asyncio.CancelledError):
         _report("stopped; the app stays deployed (`innerloop down` removes it)")
+    except Exception as err:
+        _fail(err)
 
 
 @click.command(name="down")
@@ -82,9 +117,9 @@ def down_command(config_file: str | None, namespace: str | None) -> None:
     """Remove everything `up` created and restore everything it changed."""
     try:
         done = asyncio.run(down(config_path=_config(config_file), target=connect(_report), namespace=namespace))
-    except USER_ERRORS as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+    except Exception as err:
+        _fail(err)
+        raise
     for line in done:
         _report(line)
     _report("nothing to remove" if not done else f"removed or restored {len(done)} objects")

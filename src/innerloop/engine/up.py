@@ -81,9 +81,12 @@ def connect(report: Report) -> Target:
 
 
 async def ensure_namespace(client: AsyncClient, name: str) -> None:
+    """Create the namespace if it is missing; a namespaced-only user may not read it, and need not."""
     try:
         await client.get(Namespace, name)
     except ApiError as err:
+        if err.status.code == 403:
+            return  # least privilege: only a Role in the namespace (docs/RBAC.md)
         if err.status.code != 404:
             raise
         await client.create(Namespace(metadata=ObjectMeta(name=name)))
@@ -135,8 +138,9 @@ class DevLoop:
         return built, agent.tag
 
     async def deploy(self, client: AsyncClient) -> None:
-        built, agent_tag = await asyncio.to_thread(self.build)
+        # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
         await ensure_namespace(client, self.namespace)
+        built, agent_tag = await asyncio.to_thread(self.build)
         kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
         for wave in start_order(self.project):
             for name in wave:

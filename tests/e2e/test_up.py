@@ -161,3 +161,46 @@ def test_down_removes_what_up_created(up: Up, kube: Kube) -> None:
     assert kube.get_json("services", "-n", up.namespace)["items"] == []
     secrets = kube.get_json("secrets", "-n", up.namespace)["items"]
     assert not [s for s in secrets if s["metadata"]["name"].startswith("innerloop-")]
+
+
+def test_a_dockerfile_change_rebuilds_and_redeploys(up: Up, kube: Kube) -> None:
+    def backend_image() -> str:
+        deployment = kube.get_json("deployment", "backend", "-n", up.namespace)
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        return str(containers[0]["image"])
+
+    before = backend_image()
+    old_pod = _pod(kube, up.namespace, "backend")["metadata"]["name"]  # type: ignore[index]
+    dockerfile = up.dir / "backend" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "ENV BOOKSHOP_EDITION=second\n")
+    eventually(lambda: backend_image() != before, timeout_s=60)
+    assert backend_image().startswith("innerloop.local/bookshop-backend:")
+    # The new pod runs the new image, and sync works against it.
+    eventually(lambda: _pod(kube, up.namespace, "backend")["metadata"]["name"] != old_pod, timeout_s=90)  # type: ignore[index]
+    source = up.dir / "backend" / "app.py"
+    source.write_text(source.read_text().replace('"hello from backend"', '"after a rebuild"'))
+    eventually(lambda: up.greeting() == "after a rebuild", timeout_s=90, interval_s=0.2)
+    assert "sync cannot serve: rebuilding" in up.log.read_text()
+
+
+def test_up_killed_with_sigkill_then_up_and_down_again(up: Up, kube: Kube) -> None:
+    up.proc.kill()
+    up.proc.wait(timeout=10)
+    # A second `up` takes over from the crashed one: same objects, sync works.
+    log = up.dir.parent / "up-again.log"
+    again = subprocess.Popen(
+        [*up.cli, "up", "-n", up.namespace, "--no-color"], cwd=up.dir, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    try:
+        eventually(lambda: "in sync" in log.read_text() and up.greeting(), timeout_s=120)
+        source = up.dir / "backend" / "app.py"
+        source.write_text(source.read_text().replace('"hello from backend"', '"after a crash"'))
+        eventually(lambda: up.greeting() == "after a crash", timeout_s=30, interval_s=0.1)
+    finally:
+        again.kill()
+        again.wait(timeout=10)
+    out = up.cli_run("down", "-n", up.namespace)
+    assert out.returncode == 0, out.stderr
+    assert kube.get_json("deployments", "-n", up.namespace)["items"] == []
+    configmaps = kube.get_json("configmaps", "-n", up.namespace)["items"]
+    assert [c["metadata"]["name"] for c in configmaps] == ["kube-root-ca.crt"]

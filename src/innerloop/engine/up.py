@@ -10,6 +10,7 @@ the record :mod:`innerloop.deploy.apply` keeps in the cluster).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import secrets
 import time
@@ -17,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import watchfiles
 from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace
+from lightkube.resources.core_v1 import Namespace, Secret
 
 from innerloop.build.agent_image import build_agent_image
 from innerloop.cluster.components import API_PORT
@@ -27,9 +29,16 @@ from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.paths import ClusterPaths
 from innerloop.config import Project, load_config
-from innerloop.deploy.apply import apply_all, restore_all, wait_rollout
+from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
 from innerloop.engine.api import serve
-from innerloop.engine.plan import BuiltImageInfo, ServicePlan, plan_service, start_order
+from innerloop.engine.plan import (
+    BuiltImageInfo,
+    PlanError,
+    ServicePlan,
+    plan_service,
+    start_order,
+    token_secret_name,
+)
 from innerloop.engine.sources import build_service_image, read_manifests
 from innerloop.engine.store import Store
 from innerloop.forward.forward import ForwardEvent, PortForward
@@ -37,9 +46,11 @@ from innerloop.k8s.connection import ClusterConnection, default_kubeconfig
 from innerloop.logs.follower import LogFollower
 from innerloop.logs.lines import LogLine, color_index, format_line
 from innerloop.oci.archive import BuiltImage
+from innerloop.sync.ignore import load_scope
 from innerloop.sync.session import SyncSession
 
 Report = Callable[[str], None]
+NEVER_BUILT = {".git", ".innerloop", "__pycache__"}
 BUNDLED_SERVER = f"https://127.0.0.1:{API_PORT}"
 
 
@@ -92,6 +103,18 @@ async def ensure_namespace(client: AsyncClient, name: str) -> None:
         await client.create(Namespace(metadata=ObjectMeta(name=name)))
 
 
+async def existing_token(client: AsyncClient, project: str, service: str, namespace: str) -> str:
+    """The agent token of a previous `up` (so its pods stay reachable after a crash), or a new one."""
+    try:
+        secret = await client.get(Secret, token_secret_name(project, service), namespace=namespace)
+    except ApiError as err:
+        if err.status.code != 404:
+            raise
+        return secrets.token_urlsafe(32)
+    data = secret.data or {}
+    return base64.b64decode(data["token"]).decode() if "token" in data else secrets.token_urlsafe(32)
+
+
 class DevLoop:
     def __init__(
         self,
@@ -113,6 +136,8 @@ class DevLoop:
         self.color = color
         self.store = Store(project=self.project.name, namespace=self.namespace)
         self.plans: dict[str, ServicePlan] = {}
+        self.built: dict[str, BuiltImageInfo] = {}
+        self.agent_tag = ""
         self.tokens: dict[str, str] = {}
 
     # -- build and deploy -------------------------------------------------------
@@ -141,14 +166,21 @@ class DevLoop:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
         await ensure_namespace(client, self.namespace)
         built, agent_tag = await asyncio.to_thread(self.build)
+        self.built, self.agent_tag = built, agent_tag
         kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
         for wave in start_order(self.project):
             for name in wave:
                 service = self.project.services[name]
-                token = self.tokens.setdefault(name, secrets.token_urlsafe(32))
+                if name not in self.tokens:
+                    self.tokens[name] = await existing_token(client, self.project.name, name, self.namespace)
                 docs = read_manifests(self.root, name, service, kubectl=kubectl)
                 plan = plan_service(
-                    project=self.project, name=name, docs=docs, built=built, agent_image=agent_tag, token=token
+                    project=self.project,
+                    name=name,
+                    docs=docs,
+                    built=built,
+                    agent_image=agent_tag,
+                    token=self.tokens[name],
                 )
                 self.plans[name] = plan
                 self.store.update(name, phase="deploying")
@@ -206,9 +238,81 @@ class DevLoop:
                     self.store.service(name).forwards.append(f"{port.address}:{local} -> {port.remote}")
                     self.report(f"{name}: forwarding {port.address}:{local} -> {port.remote}")
                 tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
+                if service.image is not None:
+                    tg.create_task(self._rebuild_when_sync_cannot_serve(name), name=f"rebuild-{name}")
             if ready is not None:
                 ready.set()
             self.report("watching for changes (Ctrl+C to stop)")
+
+    async def _rebuild_when_sync_cannot_serve(self, name: str) -> None:
+        """Rebuild and redeploy when the Dockerfile, or a build-context file no sync rule covers, changes."""
+        service = self.project.services[name]
+        assert service.image is not None
+        context = (self.root / service.image.context).resolve()
+        dockerfile = (
+            (self.root / service.image.dockerfile).resolve() if service.image.dockerfile else context / "Dockerfile"
+        )
+        rules = [
+            ((self.root / r.local).resolve(), load_scope(self.root / r.local, exclude=r.exclude)) for r in service.sync
+        ]
+
+        def needs_rebuild(path: Path) -> bool:
+            if path == dockerfile:
+                return True
+            if not path.is_relative_to(context) or any(part in NEVER_BUILT for part in path.parts):
+                return False
+            for local, scope in rules:
+                if path.is_relative_to(local) and scope.covers(path.relative_to(local).as_posix()):
+                    return False
+            return True
+
+        watched = sorted({str(context), str(dockerfile.parent)})
+        async for changes in watchfiles.awatch(*watched, step=50, debounce=300):
+            triggers = sorted({Path(p) for _, p in changes if needs_rebuild(Path(p))})
+            if not triggers:
+                continue
+            shown = ", ".join(str(t.relative_to(self.root)) for t in triggers[:3])
+            self.report(f"{name}: {shown} changed, which sync cannot serve: rebuilding the image")
+            try:
+                await self._redeploy(name)
+            except (PlanError, UpError, DeployError, OSError, ValueError) as err:
+                self.store.update(name, phase="error", message=str(err))
+                self.report(f"{name}: rebuild failed: {err} (fix it and save again)")
+
+    async def _redeploy(self, name: str) -> None:
+        service = self.project.services[name]
+        assert service.image is not None
+        paths = self.target.bundled.paths if self.target.bundled else ClusterPaths.from_env()
+        self.store.update(name, phase="building")
+        image, info = await asyncio.to_thread(build_service_image, self.root, name, service, paths=paths)
+        await asyncio.to_thread(self.target.load_image, image)
+        self.built[service.image.name] = info
+        kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
+        docs = read_manifests(self.root, name, service, kubectl=kubectl)
+        plan = plan_service(
+            project=self.project,
+            name=name,
+            docs=docs,
+            built=self.built,
+            agent_image=self.agent_tag,
+            token=self.tokens[name],
+        )
+        self.plans[name] = plan
+        client = self.target.conn.client()
+        try:
+            self.store.update(name, phase="deploying", image=image.tag)
+            await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
+            await wait_rollout(
+                client,
+                namespace=self.namespace,
+                kind=plan.workload_kind,
+                name=plan.workload_name,
+                on_progress=functools.partial(self._progress, name),
+            )
+        finally:
+            await client.close()
+        self.store.update(name, phase="running")
+        self.report(f"{name}: redeployed with {image.tag}")
 
     def _progress(self, service: str, message: str) -> None:
         self.report(f"{service}: {message}")

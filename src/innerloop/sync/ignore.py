@@ -13,8 +13,11 @@ that folder is not the app's source, and all three are honoured:
    ignored folder can be re-included (git never looks inside it). When the
    sync root sits inside a git work tree, the ``.gitignore`` files between the
    work tree's top and the root, and ``.git/info/exclude``, apply too, as they
-   do for git. (The user's global ``core.excludesFile`` does not: it describes
-   one person's editor, not the project.);
+   do for git, to the paths below the root (a root that git ignores, such as
+   ``dist/``, is still synced: the rule names it). The user's global
+   ``core.excludesFile`` does not apply: it describes one person's editor,
+   not the project. Checked against ``git ls-files --ignored`` on generated
+   trees (tests/unit/sync/test_ignore.py);
 3. the ``.dockerignore`` at the root of the service's build context: a file
    that is not in the image should not be synced into its container either.
 
@@ -37,18 +40,17 @@ gitignore pattern that means the same, for these differences:
 - in a bracket expression Go negates with ``[^...]`` only; ``[!...]`` is a
   literal ``!``, rewritten so that gitignore does not read it as a negation;
 - the last matching line wins, and a line that matches a parent folder counts
-  as matching the file, so ``!dir/keep`` re-includes a file of an excluded
-  ``dir`` (git cannot): .dockerignore patterns are matched with pathspec's
-  plain last-match-wins spec, and an excluded folder is only skipped whole
-  when no ``!`` line could reach inside it;
+  as matching the file (BuildKit's walk), so ``!dir/keep`` re-includes a file
+  of an excluded ``dir``, which git cannot; an excluded folder is only
+  skipped whole when no ``!`` line could reach inside it;
 - not handled: ``**`` inside a path component (``a**b``; Docker lets it cross
   folders, gitignore reads it as ``*``), and the per-Dockerfile
   ``<Dockerfile>.dockerignore`` that BuildKit prefers when present.
 
-Speed: every pattern file is compiled once into a pathspec matcher when the
-scope is built; a question costs one match per applicable file, and the
-answer for each folder is cached, so a file deep in a tree costs one lookup
-for its folder plus its own match. Patterns that cannot be compiled are
+Speed: every line is compiled once, by pathspec, into a regular expression
+when the scope is built; a question costs a few matches per applicable file,
+and the answer for each folder is cached, so a file deep in a tree costs one
+lookup for its folder plus its own match. Patterns that cannot be compiled are
 skipped, as git does, and reported in :attr:`SyncScope.problems`; in the
 rule's ``exclude`` they are an error (:class:`IgnorePatternError`), since the
 user wrote them in innerloop.yaml.
@@ -330,6 +332,8 @@ class SyncScope:
 
     def ignores(self, path: str, *, is_dir: bool = False) -> bool:
         """Whether ``path`` is outside the rule (a folder: whether it is skipped whole)."""
+        if not path:
+            return False  # the root itself: the rule names it
         if is_dir:
             return self.prunes(path)
         parent, _, name = path.rpartition("/")
@@ -343,6 +347,8 @@ class SyncScope:
 
     def prunes(self, folder: str) -> bool:
         """Whether nothing below ``folder`` can be covered, so a scan or a watch may skip it whole."""
+        if not folder:
+            return False
         cached = self._folders.get(folder)
         if cached is None:
             parent, _, name = folder.rpartition("/")

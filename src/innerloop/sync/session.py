@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import watchfiles
 from lightkube.resources.core_v1 import Pod
 
 from innerloop.config import Service
@@ -33,6 +32,7 @@ from innerloop.k8s.streams import PortForwardByteStream, StreamError
 from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
 from innerloop.protocol.session import SessionClosed
 from innerloop.sync.ignore import SyncScope, load_scope
+from innerloop.sync.watcher import FileWatch, WatchRoot
 
 if TYPE_CHECKING:
     from innerloop.engine.plan import ServicePlan
@@ -127,16 +127,19 @@ class SyncSession:
     # -- watching -------------------------------------------------------------
 
     async def _watch(self) -> None:
-        roots = [str(r.local) for r in self.roots]
-        async for changes in watchfiles.awatch(*roots, step=10, debounce=30, rust_timeout=0, yield_on_timeout=False):
-            for _change, raw in changes:
-                path = Path(raw)
-                for i, root in enumerate(self.roots):
-                    rel = root.relative(path)
-                    if rel is not None:
-                        self._dirty.add((i, rel))
-            if self._dirty:
-                self._wake.set()
+        # FileWatch registers watches off the event loop, filters by each root's scope, and raises
+        # WatchLimitError with the sysctl to run instead of silently polling (see sync/watcher.py).
+        roots = [WatchRoot(path=r.local, scope=r.scope) for r in self.roots]
+        index = {r.local: i for i, r in enumerate(self.roots)}
+        async with FileWatch(roots, step_ms=10, debounce_ms=50) as watch:
+            self._report(f"{self._service}: watching {watch.folders} folders ({watch.ready_seconds * 1000:.0f} ms)")
+            async for batch in watch:
+                for root_path, changes in batch.changes.items():
+                    i = index[root_path.absolute()]
+                    for change in changes:
+                        self._dirty.add((i, change.path))
+                if self._dirty:
+                    self._wake.set()
 
     # -- the connection ----------------------------------------------------------
 

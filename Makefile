@@ -13,9 +13,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-## demo: start the bundled cluster, deploy examples/bookshop, serve it on 127.0.0.1:8080
+## demo: `innerloop up` on examples/bookshop (starts the bundled cluster when no other is configured);
+## edit examples/bookshop/*/app.py and reload http://127.0.0.1:8080
 demo: $(BIN)/.installed
-	$(BIN)/innerloop demo
+	cd examples/bookshop && ../../$(BIN)/innerloop up
 
 ## test: lint, type-check, start the bundled cluster if needed, run unit and end-to-end tests
 test: lint cluster-up

@@ -169,13 +169,20 @@ class Host:
         return pids
 
     def remove_cgroups(self) -> None:
+        """Remove the kubepods cgroup trees, deepest first, in every controller.
+
+        Directories may vanish while we walk (the kernel releases emptied
+        cgroups, a stopping kubelet removes some): a missing one is done.
+        """
         for controller in CGROUP_ROOT.iterdir():
             top = controller / "kubepods"
             if not top.is_dir():
                 continue
-            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            found: list[Path] = []
+            for dirpath, _dirnames, _files in os.walk(top, onerror=lambda _err: None):
+                found.append(Path(dirpath))
+            for d in sorted(found, key=lambda p: len(p.parts), reverse=True):
                 _rmdir_cgroup(d)
-            _rmdir_cgroup(top)
 
     def unmount_all(self) -> None:
         for _ in range(3):

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from e2e.bookshop import copy_bookshop
 from e2e.kube import Kube, free_port
 from innerloop.build.image import read_archive
 from innerloop.cluster.images import ClusterImages
@@ -76,14 +76,8 @@ async def files_synced(sock: Path) -> int:
 
 
 def innerloop_run(ns: str, edits: int, work: Path) -> tuple[list[float], list[float]]:
-    app = work / "bookshop"
-    shutil.copytree(example_dir(), app, ignore=shutil.ignore_patterns(".innerloop", "__pycache__"))
-    config = yaml.safe_load((app / "innerloop.yaml").read_text())
-    port = free_port()
-    backend = config["services"]["backend"]
-    backend["ports"][0]["local"] = port
-    config["services"] = {"backend": backend}
-    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    app, ports = copy_bookshop(work / "bookshop", only=["backend"])
+    port = ports["backend"]
     cli = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "innerloop"
     log_path = work / "up.log"
     with log_path.open("w") as log:

@@ -20,31 +20,24 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from e2e.kube import Kube, free_port
+from e2e.bookshop import copy_bookshop
+from e2e.kube import Kube
 from innerloop.cluster.node import BundledCluster
-from innerloop.demo import example_dir
 
 CLI = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "innerloop"
 
 
 def one_up(kube: Kube, work: Path, run: str) -> float:
-    app = work / run
-    shutil.copytree(example_dir(), app, ignore=shutil.ignore_patterns(".innerloop", "__pycache__"))
-    config = yaml.safe_load((app / "innerloop.yaml").read_text())
-    for service in config["services"].values():
-        service["ports"][0]["local"] = free_port()
-    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    app, ports = copy_bookshop(work / run)
     ns = f"bench-up-{run}-{os.getpid()}"
     log_path = work / f"{run}.log"
     started = time.perf_counter()
     with log_path.open("w") as log:
         proc = subprocess.Popen([str(CLI), "up", "-n", ns, "--no-color"], cwd=app, stdout=log, stderr=subprocess.STDOUT)
     try:
-        while log_path.read_text().count("in sync") < len(config["services"]):
+        while log_path.read_text().count("in sync") < len(ports):
             if proc.poll() is not None or time.perf_counter() - started > 300:
                 raise RuntimeError(log_path.read_text()[-2000:])
             time.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import time
@@ -14,11 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from innerloop.demo import example_dir
-
-from .kube import Kube, eventually, free_port
+from .bookshop import copy_bookshop
+from .kube import Kube, eventually
 
 
 @dataclass
@@ -46,15 +43,7 @@ class Up:
 
 @pytest.fixture
 def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Up]:
-    # A copy of the example, so edits never touch the repository, on free local ports.
-    app = tmp_path / "bookshop"
-    shutil.copytree(example_dir(), app, ignore=shutil.ignore_patterns(".innerloop", "__pycache__"))
-    config = yaml.safe_load((app / "innerloop.yaml").read_text())
-    ports = {}
-    for name, service in config["services"].items():
-        ports[name] = free_port()
-        service["ports"][0]["local"] = ports[name]
-    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    app, ports = copy_bookshop(tmp_path / "bookshop")
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     log = tmp_path / "up.log"
     proc = subprocess.Popen(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -13,23 +12,15 @@ from pathlib import Path
 
 import yaml
 
-from innerloop.demo import example_dir
-
+from .bookshop import copy_bookshop
 from .kube import Kube, eventually, free_port
 
 ROLE = Path(__file__).resolve().parents[2] / "docs" / "rbac" / "innerloop-developer.yaml"
 
 
 def _backend_only_app(tmp_path: Path) -> tuple[Path, int]:
-    app = tmp_path / "bookshop"
-    shutil.copytree(example_dir(), app, ignore=shutil.ignore_patterns(".innerloop", "__pycache__"))
-    config = yaml.safe_load((app / "innerloop.yaml").read_text())
-    port = free_port()
-    backend = config["services"]["backend"]
-    backend["ports"][0]["local"] = port
-    config["services"] = {"backend": backend}
-    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    return app, port
+    app, ports = copy_bookshop(tmp_path / "bookshop", only=["backend"])
+    return app, ports["backend"]
 
 
 def _service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Path) -> Path:

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from .bookshop import copy_bookshop
 from .kube import Kube, eventually
+
+# Stands in for `pip install -r requirements.txt` (the distroless image has no pip): records that it ran.
+STEP = "import pathlib; pathlib.Path('/app/step-ran.txt').write_text(pathlib.Path('/app/requirements.txt').read_text())"
 
 
 @dataclass
@@ -44,6 +48,12 @@ class Up:
 @pytest.fixture
 def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Up]:
     app, ports = copy_bookshop(tmp_path / "bookshop")
+    # An onChange step, as a project would reinstall dependencies when requirements.txt changes.
+    config = yaml.safe_load((app / "innerloop.yaml").read_text())
+    config["services"]["backend"]["onChange"] = [
+        {"paths": ["requirements.txt"], "run": ["python3", "-c", STEP], "restart": True}
+    ]
+    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     log = tmp_path / "up.log"
     proc = subprocess.Popen(
@@ -193,3 +203,21 @@ def test_up_killed_with_sigkill_then_up_and_down_again(up: Up, kube: Kube) -> No
     assert kube.get_json("deployments", "-n", up.namespace)["items"] == []
     configmaps = kube.get_json("configmaps", "-n", up.namespace)["items"]
     assert [c["metadata"]["name"] for c in configmaps] == ["kube-root-ca.crt"]
+
+
+def test_on_change_steps_run_in_the_container_when_their_files_change(up: Up, kube: Kube) -> None:
+    pod = str(_pod(kube, up.namespace, "backend")["metadata"]["name"])  # type: ignore[index]
+
+    def step_output() -> str:
+        script = "import pathlib; p = pathlib.Path('/app/step-ran.txt'); print(p.read_text() if p.exists() else '')"
+        out = kube.run("exec", "-n", up.namespace, pod, "-c", "backend", "--", "python3", "-c", script)
+        return out.stdout.strip()
+
+    assert step_output() == ""
+    (up.dir / "backend" / "requirements.txt").write_text("requests==2.32.3\n")
+    assert eventually(lambda: step_output() == "requests==2.32.3", timeout_s=20)
+    assert "backend: ran python3" in up.log.read_text()
+    # A change that matches no step runs none.
+    (up.dir / "backend" / "other.txt").write_text("x")
+    eventually(lambda: up.log.read_text().count("backend: synced") >= 2, timeout_s=20)
+    assert up.log.read_text().count("backend: ran python3") == 1

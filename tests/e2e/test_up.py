@@ -221,3 +221,13 @@ def test_on_change_steps_run_in_the_container_when_their_files_change(up: Up, ku
     (up.dir / "backend" / "other.txt").write_text("x")
     eventually(lambda: up.log.read_text().count("backend: synced") >= 2, timeout_s=20)
     assert up.log.read_text().count("backend: ran python3") == 1
+
+
+def test_a_second_up_for_the_same_project_is_refused(up: Up) -> None:
+    out = subprocess.run(
+        [*up.cli, "up", "-n", up.namespace], cwd=up.dir, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 1
+    assert "already runs" in out.stderr
+    assert up.proc.poll() is None, "the first up keeps running"
+    assert up.greeting() == "hello from backend"

@@ -21,13 +21,22 @@ from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
-from innerloop.engine.api import socket_path
+from innerloop.engine.api import AlreadyRunning, socket_path
 from innerloop.engine.plan import PlanError
 from innerloop.engine.up import DevLoop, UpError, connect, down
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.logs.lines import LogLine, color_index, format_line
 
-USER_ERRORS = (ConfigError, PlanError, DevModeError, DeployError, UpError, ClusterUnreachable, StepFailed)
+USER_ERRORS = (
+    ConfigError,
+    PlanError,
+    DevModeError,
+    DeployError,
+    UpError,
+    ClusterUnreachable,
+    StepFailed,
+    AlreadyRunning,
+)
 
 
 def explain(err: BaseException) -> str | None:

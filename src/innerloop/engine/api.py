@@ -13,10 +13,11 @@ port, no token to leak, and one `up` per project is enforced by the socket.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,6 +26,12 @@ from aiohttp import web
 from innerloop.engine.store import LogEntry, Store
 
 STATE_DIR = ".innerloop"
+
+
+class AlreadyRunning(RuntimeError):
+    """Another `innerloop up` serves this project."""
+
+
 SOCKET = "api.sock"
 
 
@@ -64,13 +71,29 @@ def make_app(store: Store) -> web.Application:
     return app
 
 
+@contextmanager
+def project_lock(project_dir: Path) -> Iterator[None]:
+    """One `up` per project. The lock dies with its process, so a SIGKILLed `up` never blocks the next."""
+    state = project_dir / STATE_DIR
+    state.mkdir(exist_ok=True)
+    (state / ".gitignore").write_text("*\n")
+    with (state / "up.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(
+                f"`innerloop up` already runs for {project_dir}: use `innerloop status`, or stop it first"
+            ) from None
+        yield
+
+
 @asynccontextmanager
 async def serve(store: Store, project_dir: Path) -> AsyncIterator[Path]:
     path = socket_path(project_dir)
     path.parent.mkdir(exist_ok=True)
     (path.parent / ".gitignore").write_text("*\n")
     if path.exists():
-        path.unlink()  # a stale socket from a killed `up`; a live one is caught by the lock in up.py
+        path.unlink()  # a stale socket from a killed `up`
     runner = web.AppRunner(make_app(store), handle_signals=False)
     await runner.setup()
     site = web.UnixSite(runner, str(path))

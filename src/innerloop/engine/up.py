@@ -30,7 +30,7 @@ from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.paths import ClusterPaths
 from innerloop.config import Project, load_config
 from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
-from innerloop.engine.api import serve
+from innerloop.engine.api import project_lock, serve
 from innerloop.engine.plan import (
     BuiltImageInfo,
     PlanError,
@@ -201,6 +201,10 @@ class DevLoop:
     # -- the loop ---------------------------------------------------------------
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
+        with project_lock(self.root):
+            await self._run(ready)
+
+    async def _run(self, ready: asyncio.Event | None) -> None:
         client = self.target.conn.client()
         try:
             await self.deploy(client)

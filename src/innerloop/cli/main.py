@@ -10,6 +10,7 @@ from innerloop import __version__
 from innerloop.cli.cluster import cluster
 from innerloop.cli.demo import demo
 from innerloop.cli.dev import down_command, logs, status, up
+from innerloop.cli.init import init_command
 from innerloop.cli.schema import schema
 
 
@@ -26,6 +27,7 @@ cli.add_command(down_command)
 cli.add_command(status)
 cli.add_command(logs)
 cli.add_command(schema)
+cli.add_command(init_command)
 
 
 def main() -> None:

@@ -46,7 +46,6 @@ from innerloop.k8s.connection import ClusterConnection, default_kubeconfig
 from innerloop.logs.follower import LogFollower
 from innerloop.logs.lines import LogLine, color_index, format_line
 from innerloop.oci.archive import BuiltImage
-from innerloop.sync.ignore import load_scope
 from innerloop.sync.session import SyncSession
 
 Report = Callable[[str], None]
@@ -249,26 +248,22 @@ class DevLoop:
             self.report("watching for changes (Ctrl+C to stop)")
 
     async def _rebuild_when_sync_cannot_serve(self, name: str) -> None:
-        """Rebuild and redeploy when the Dockerfile, or a build-context file no sync rule covers, changes."""
+        """Rebuild and redeploy when the Dockerfile, or a build-context file outside every sync root, changes."""
         service = self.project.services[name]
         assert service.image is not None
         context = (self.root / service.image.context).resolve()
         dockerfile = (
             (self.root / service.image.dockerfile).resolve() if service.image.dockerfile else context / "Dockerfile"
         )
-        rules = [
-            ((self.root / r.local).resolve(), load_scope(self.root / r.local, exclude=r.exclude)) for r in service.sync
-        ]
+        rules = [(self.root / r.local).resolve() for r in service.sync]
 
         def needs_rebuild(path: Path) -> bool:
             if path == dockerfile:
                 return True
             if not path.is_relative_to(context) or any(part in NEVER_BUILT for part in path.parts):
                 return False
-            for local, scope in rules:
-                if path.is_relative_to(local) and scope.covers(path.relative_to(local).as_posix()):
-                    return False
-            return True
+            # Under a sync root: synced, or excluded on purpose (a *.pyc, node_modules/); never a rebuild.
+            return not any(path.is_relative_to(local) for local in rules)
 
         watched = sorted({str(context), str(dockerfile.parent)})
         async for changes in watchfiles.awatch(*watched, step=50, debounce=300):

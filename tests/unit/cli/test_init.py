@@ -1,0 +1,80 @@
+"""``innerloop init`` through click's test runner: what lands on disk, what is kept, what is said."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from innerloop.cli.main import cli
+from innerloop.config import load_config
+
+APP = 'import os\nfrom http.server import HTTPServer\nHTTPServer(("", int(os.environ.get("PORT", "8080"))), H)\n'
+
+
+def _app(tmp_path: Path) -> Path:
+    folder = tmp_path / "Hello_World"
+    folder.mkdir()
+    (folder / "app.py").write_text(APP)
+    return folder
+
+
+def test_writes_a_config_that_loads_with_a_modeline_that_reaches_the_schema(tmp_path: Path) -> None:
+    folder = _app(tmp_path)
+    result = CliRunner().invoke(cli, ["init", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} == {
+        "app.py",
+        "innerloop.yaml",
+        "Dockerfile",
+        "k8s/hello-world.yaml",
+    }
+    project = load_config(folder / "innerloop.yaml")
+    assert list(project.services) == ["hello-world"]
+    modeline = (folder / "innerloop.yaml").read_text().splitlines()[0]
+    assert modeline.startswith("# yaml-language-server: $schema=")
+    assert (folder / modeline.split("=", 1)[1]).resolve().is_file()
+    assert "wrote     k8s/hello-world.yaml" in result.output
+    assert result.output.rstrip().endswith("innerloop up")
+
+
+def test_keeps_existing_files_unless_forced(tmp_path: Path) -> None:
+    folder = _app(tmp_path)
+    (folder / "innerloop.yaml").write_text("# mine\n")
+    result = CliRunner().invoke(cli, ["init", str(folder), "--name", "web", "--port", "9000"])
+    assert result.exit_code == 0, result.output
+    assert (folder / "innerloop.yaml").read_text() == "# mine\n"
+    assert "kept      innerloop.yaml" in result.output
+    assert "ENV PORT=9000" in (folder / "Dockerfile").read_text()
+    (folder / "Dockerfile").write_text((folder / "Dockerfile").read_text() + "# edited\n")
+
+    forced = CliRunner().invoke(cli, ["init", str(folder), "--name", "web", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert load_config(folder / "innerloop.yaml").services["web"].ports[0].remote == 8080
+    # The Dockerfile exists, so detection uses it: even --force leaves it alone.
+    assert (folder / "Dockerfile").read_text().endswith("# edited\n")
+    assert "kept      Dockerfile" in forced.output
+    assert "replaced  innerloop.yaml" in forced.output
+
+
+def test_unknown_app_exits_1_and_says_what_was_looked_for(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hi\n")
+    result = CliRunner().invoke(cli, ["init", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "package.json" in result.output and "go.mod" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_bad_name_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["init", str(_app(tmp_path)), "--name", "Bad_Name"])
+    assert result.exit_code == 2
+    assert "DNS-1123" in result.output
+
+
+def test_node_app_prints_the_base_image_note(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text('{"scripts": {"start": "node index.js"}}')
+    (tmp_path / "index.js").write_text("require('http').createServer(h).listen(3000)\n")
+    result = CliRunner().invoke(cli, ["init", str(tmp_path), "--name", "web"])
+    assert result.exit_code == 0, result.output
+    assert "note: this machine has no Node base image" in result.output
+    assert load_config(tmp_path / "innerloop.yaml").services["web"].ports[0].remote == 3000

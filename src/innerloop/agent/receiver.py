@@ -311,6 +311,34 @@ def apply_batch(root: str, files: Sequence[tuple[FileMeta, bytes]], deletes: Seq
         return ApplyResult(applied=batch.commit(), deleted=deleted)
 
 
+READ_LIMIT = 8 * 1024 * 1024
+
+
+def read_file(root: str, path: str, *, limit: int = READ_LIMIT) -> tuple[bytes, int]:
+    """``(content, mode)`` of ``path`` below ``root``, never following a symlink out of it."""
+    parts = check_path(path)
+    with SyncRoot(root) as sync_root:
+        dir_fd = sync_root.open_dir(parts[:-1], create=False)
+        if dir_fd is None:
+            raise SyncError(f"{path} does not exist in {root}")
+        try:
+            try:
+                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:
+                raise SyncError(f"{path} does not exist in {root}") from None
+            except OSError as exc:
+                raise SyncError(f"cannot read {path} in {root}: {exc.strerror}") from None
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                if not stat.S_ISREG(info.st_mode):
+                    raise SyncError(f"{path} in {root} is not a regular file")
+                if info.st_size > limit:
+                    raise SyncError(f"{path} in {root} is {info.st_size} bytes, over the {limit}-byte limit")
+                return f.read(limit + 1)[:limit], stat.S_IMODE(info.st_mode)
+        finally:
+            os.close(dir_fd)
+
+
 def hash_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as file:

@@ -19,7 +19,9 @@ app on half a batch.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import hmac
 import json
 import os
@@ -28,7 +30,7 @@ from collections.abc import Sequence
 
 from innerloop import __version__
 from innerloop.agent.log import log
-from innerloop.agent.receiver import Batch, SyncError, hash_tree
+from innerloop.agent.receiver import Batch, SyncError, hash_tree, read_file
 from innerloop.agent.supervisor import StartError, Supervisor
 from innerloop.protocol.frames import ProtocolError
 from innerloop.protocol.messages import (
@@ -36,7 +38,9 @@ from innerloop.protocol.messages import (
     Denied,
     Error,
     Event,
+    FileData,
     FileMeta,
+    FileRead,
     Hello,
     Message,
     MessageError,
@@ -272,6 +276,15 @@ class Connection:
         if isinstance(message, TreeRequest):
             files = await asyncio.to_thread(hash_tree, message.root)
             return Tree(root=message.root, files=files)
+        if isinstance(message, FileRead):
+            data, mode = await asyncio.to_thread(read_file, message.root, message.path)
+            return FileData(
+                root=message.root,
+                path=message.path,
+                mode=mode,
+                sha256=hashlib.sha256(data).hexdigest(),
+                data=base64.b64encode(data).decode(),
+            )
         if isinstance(message, ProcessStatusRequest):
             return supervisor.status()
         if isinstance(message, SyncApply):

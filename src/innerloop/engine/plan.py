@@ -91,12 +91,6 @@ def plan_service(
     token: str,
 ) -> ServicePlan:
     service = project.services[name]
-    for i, rule in enumerate(service.sync):
-        if rule.mode == "two-way":
-            raise PlanError(
-                f"services.{name}.sync.{i}.mode: two-way sync is not supported yet; use one-way "
-                "(innerloop never writes your local files)"
-            )
     pin_images(docs, {image_name: info.tag for image_name, info in built.items()})
     workload = _workload(docs, name, service)
     spec = pod_spec(workload)

@@ -14,6 +14,7 @@ leaving ``async with``) ends the session and that task.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -28,7 +29,9 @@ from innerloop.protocol.messages import (
     Denied,
     Error,
     Event,
+    FileData,
     FileMeta,
+    FileRead,
     Hello,
     Message,
     MessageError,
@@ -168,6 +171,14 @@ class AgentClient:
     async def tree(self, root: str) -> dict[str, str]:
         """``{relative path: sha256}`` of the files below ``root`` in the container."""
         return (await self._request(TreeRequest(root=root), Tree)).files
+
+    async def read(self, root: str, path: str) -> tuple[bytes, int]:
+        """``(content, mode)`` of one file below ``root`` in the container, checked against its sha256."""
+        answer = await self._request(FileRead(root=root, path=path), FileData)
+        data = base64.b64decode(answer.data)
+        if hashlib.sha256(data).hexdigest() != answer.sha256:
+            raise AgentError(f"{path}: the content the agent sent does not match its sha256")
+        return data, answer.mode
 
     async def apply(self, batch: SyncBatch) -> SyncDone:
         """Send a batch: deletes, then every file, each replaced atomically once its sha256 checks out."""

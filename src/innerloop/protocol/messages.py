@@ -207,6 +207,48 @@ class Tree:
 
 
 @dataclass(kw_only=True)
+class FileRead:
+    """Ask for one file below ``root`` (two-way sync: the container changed it)."""
+
+    OP: ClassVar[str] = "file.read"
+    root: str
+    path: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": self.root, "path": self.path}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileRead:
+        return cls(root=_str(data, cls.OP, "root"), path=_str(data, cls.OP, "path"))
+
+
+@dataclass(kw_only=True)
+class FileData:
+    """One file's content (base64; source files are small, a limit applies) and mode."""
+
+    OP: ClassVar[str] = "file"
+    root: str
+    path: str
+    mode: int
+    sha256: str
+    data: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": self.root, "path": self.path, "mode": self.mode, "sha256": self.sha256, "data": self.data}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileData:
+        op = cls.OP
+        return cls(
+            root=_str(data, op, "root"),
+            path=_str(data, op, "path"),
+            mode=_int(data, op, "mode"),
+            sha256=_str(data, op, "sha256"),
+            data=_str(data, op, "data"),
+        )
+
+
+@dataclass(kw_only=True)
 class FileMeta:
     """One file of a sync batch; its ``size`` bytes follow on the batch's stream."""
 
@@ -428,6 +470,8 @@ Message: TypeAlias = (
     | Error
     | TreeRequest
     | Tree
+    | FileRead
+    | FileData
     | SyncApply
     | SyncDone
     | ProcessRestart
@@ -448,6 +492,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         Error,
         TreeRequest,
         Tree,
+        FileRead,
+        FileData,
         SyncApply,
         SyncDone,
         ProcessRestart,

@@ -32,6 +32,7 @@ from innerloop.k8s.streams import PortForwardByteStream, StreamError
 from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
 from innerloop.protocol.session import SessionClosed
 from innerloop.sync.ignore import SyncScope, load_scope
+from innerloop.sync.twoway import concerned, conflict_name, is_conflict_copy, reconcile
 from innerloop.sync.watcher import FileWatch, WatchRoot
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 Report = Callable[[str], None]
 DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
+PULL_INTERVAL_S = 0.5  # two-way roots: how often the container's tree is compared
 
 
 @dataclass
@@ -47,6 +49,7 @@ class SyncRoot:
     local: Path
     remote: str
     scope: SyncScope
+    two_way: bool = False
     sent: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 the agent has
 
     def relative(self, path: Path) -> str | None:
@@ -54,7 +57,7 @@ class SyncRoot:
             rel = path.relative_to(self.local).as_posix()
         except ValueError:
             return None
-        return None if rel in ("", ".") or self.scope.ignores(rel) else rel
+        return None if rel in ("", ".") or self.scope.ignores(rel) or is_conflict_copy(rel) else rel
 
 
 def file_sha256(path: Path) -> str:
@@ -73,9 +76,18 @@ def scan(root: SyncRoot) -> dict[str, str]:
         for name in filenames:
             rel = f"{rel_dir}/{name}".lstrip("/")
             full = base / name
-            if root.scope.covers(rel) and full.is_file() and not full.is_symlink():
+            if root.scope.covers(rel) and not is_conflict_copy(rel) and full.is_file() and not full.is_symlink():
                 found[rel] = file_sha256(full)
     return found
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write a local file the way editors save: a temp file renamed over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.innerloop-tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(mode & 0o777)
+    os.replace(tmp, path)
 
 
 def steps_for(service: Service, changed: list[str]) -> list[list[str]]:
@@ -111,7 +123,10 @@ class SyncSession:
         self._report = report
         self.roots = [
             SyncRoot(
-                local=(root / r.local).resolve(), remote=r.remote, scope=load_scope(root / r.local, exclude=r.exclude)
+                local=(root / r.local).resolve(),
+                remote=r.remote,
+                scope=load_scope(root / r.local, exclude=r.exclude),
+                two_way=r.mode == "two-way",
             )
             for r in config.sync
         ]
@@ -176,8 +191,16 @@ class SyncSession:
                     self._store.update(self._service, pod=pod, phase="running")
                     await self._initial_sync(agent)
                     self.connected.set()
+                    two_way = any(r.two_way for r in self.roots)
                     while True:
-                        await self._wake.wait()
+                        if two_way:
+                            try:
+                                await asyncio.wait_for(self._wake.wait(), PULL_INTERVAL_S)
+                            except TimeoutError:
+                                await self._pull(agent)
+                                continue
+                        else:
+                            await self._wake.wait()
                         self._wake.clear()
                         await self._sync_dirty(agent)
             except (AgentError, SessionClosed, StreamError, ConnectionError, TimeoutError) as err:
@@ -192,8 +215,13 @@ class SyncSession:
             local = await asyncio.to_thread(scan, root)
             remote = await agent.tree(root.remote)
             uploads = [rel for rel, sha in local.items() if remote.get(rel) != sha]
-            deletes = [rel for rel in remote if rel not in local and root.scope.covers(rel)]
-            root.sent = {rel: sha for rel, sha in remote.items() if rel not in deletes}
+            if root.two_way:
+                # What only the container has was made there: it comes home with the next pull.
+                deletes = []
+                root.sent = {rel: sha for rel, sha in remote.items() if rel in local}
+            else:
+                deletes = [rel for rel in remote if rel not in local and root.scope.covers(rel)]
+                root.sent = {rel: sha for rel, sha in remote.items() if rel not in deletes}
             if uploads or deletes:
                 await self._send(agent, root, uploads, deletes, local)
                 total_files += len(uploads) + len(deletes)
@@ -260,6 +288,43 @@ class SyncSession:
             root.sent[upload.meta.path] = upload.meta.sha256
         for rel in deletes:
             root.sent.pop(rel, None)
+
+    async def _pull(self, agent: AgentClient) -> None:
+        """Two-way roots: bring the container's changes home; conflicts keep both copies."""
+        for i, root in enumerate(self.roots):
+            if not root.two_way:
+                continue
+            remote = {p: sha for p, sha in (await agent.tree(root.remote)).items() if root.scope.covers(p)}
+            paths = concerned(remote, root.sent)
+            if not paths:
+                continue
+            local = {p: file_sha256(root.local / p) if (root.local / p).is_file() else None for p in paths}
+            for change in reconcile(remote=remote, sent=root.sent, local=local):
+                target = root.local / change.path
+                if change.kind == "adopt" and change.sha256:
+                    root.sent[change.path] = change.sha256
+                elif change.kind == "download" and change.sha256:
+                    data, mode = await agent.read(root.remote, change.path)
+                    root.sent[change.path] = change.sha256  # first: the watcher's event then sends nothing
+                    write_atomically(target, data, mode)
+                    self._report(f"{self._service}: {change.path} changed in the container: copied here")
+                elif change.kind == "conflict" and change.sha256:
+                    data, mode = await agent.read(root.remote, change.path)
+                    copy = root.local / conflict_name(change.path, change.sha256)
+                    write_atomically(copy, data, mode)
+                    self._dirty.add((i, change.path))  # the local version wins in the container
+                    self._wake.set()
+                    self._report(
+                        f"{self._service}: {change.path} changed on both sides: kept yours, "
+                        f"the container's is in {copy.relative_to(root.local)}"
+                    )
+                elif change.kind == "delete-local":
+                    root.sent.pop(change.path, None)
+                    target.unlink(missing_ok=True)
+                    self._report(f"{self._service}: {change.path} was deleted in the container: deleted here")
+                elif change.kind == "push":
+                    self._dirty.add((i, change.path))
+                    self._wake.set()
 
     async def _restart(self, agent: AgentClient) -> float:
         started = time.perf_counter()

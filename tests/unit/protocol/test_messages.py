@@ -13,7 +13,9 @@ from innerloop.protocol.messages import (
     Denied,
     Error,
     Event,
+    FileData,
     FileMeta,
+    FileRead,
     Hello,
     Message,
     MessageError,
@@ -38,6 +40,8 @@ EXAMPLES: list[Message] = [
     Denied(reason="wrong token"),
     Error(reason="no such root"),
     TreeRequest(root="/app"),
+    FileRead(root="/app", path="a/b.py"),
+    FileData(root="/app", path="a/b.py", mode=0o644, sha256="0" * 64, data="aGk="),
     Tree(root="/app", files={"main.py": "ab" * 32}),
     SyncApply(
         root="/app",

@@ -328,10 +328,11 @@ def read_file(root: str, path: str, *, limit: int = READ_LIMIT) -> tuple[bytes, 
                 raise SyncError(f"{path} does not exist in {root}") from None
             except OSError as exc:
                 raise SyncError(f"cannot read {path} in {root}: {exc.strerror}") from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                os.close(fd)
+                raise SyncError(f"{path} in {root} is not a regular file")
             with os.fdopen(fd, "rb") as f:
-                info = os.fstat(f.fileno())
-                if not stat.S_ISREG(info.st_mode):
-                    raise SyncError(f"{path} in {root} is not a regular file")
                 if info.st_size > limit:
                     raise SyncError(f"{path} in {root} is {info.st_size} bytes, over the {limit}-byte limit")
                 return f.read(limit + 1)[:limit], stat.S_IMODE(info.st_mode)

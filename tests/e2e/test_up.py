@@ -179,7 +179,7 @@ def test_a_dockerfile_change_rebuilds_and_redeploys(up: Up, kube: Kube) -> None:
     source = up.dir / "backend" / "app.py"
     source.write_text(source.read_text().replace('"hello from backend"', '"after a rebuild"'))
     eventually(lambda: up.greeting() == "after a rebuild", timeout_s=90, interval_s=0.2)
-    assert "sync cannot serve: rebuilding" in up.log.read_text()
+    assert "Dockerfile changed, which sync cannot serve: redeploying" in up.log.read_text()
 
 
 def test_up_killed_with_sigkill_then_up_and_down_again(up: Up, kube: Kube) -> None:
@@ -231,3 +231,17 @@ def test_a_second_up_for_the_same_project_is_refused(up: Up) -> None:
     assert "already runs" in out.stderr
     assert up.proc.poll() is None, "the first up keeps running"
     assert up.greeting() == "hello from backend"
+
+
+def test_a_manifest_change_is_applied(up: Up, kube: Kube) -> None:
+    manifest = up.dir / "k8s" / "backend.yaml"
+    manifest.write_text(manifest.read_text().replace("runAsGroup: 65532", "runAsGroup: 65532\n        fsGroup: 65532"))
+
+    def fs_group() -> object:
+        deployment = kube.get_json("deployment", "backend", "-n", up.namespace)
+        return deployment["spec"]["template"]["spec"]["securityContext"].get("fsGroup")
+
+    eventually(lambda: fs_group() == 65532, timeout_s=60)
+    assert "k8s/backend.yaml changed, which sync cannot serve: redeploying" in up.log.read_text()
+    # The dev-mode patch is still applied to the new pod template, and the loop keeps working.
+    eventually(lambda: up.greeting() == "hello from backend", timeout_s=90, interval_s=0.2)

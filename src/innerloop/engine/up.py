@@ -28,8 +28,9 @@ from innerloop.cluster.components import API_PORT
 from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.paths import ClusterPaths
-from innerloop.config import Project, load_config
+from innerloop.config import ConfigError, Project, load_config
 from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
+from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
 from innerloop.engine.plan import (
     BuiltImageInfo,
@@ -241,51 +242,68 @@ class DevLoop:
                     self.store.service(name).forwards.append(f"{port.address}:{local} -> {port.remote}")
                     self.report(f"{name}: forwarding {port.address}:{local} -> {port.remote}")
                 tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
-                if service.image is not None:
-                    tg.create_task(self._rebuild_when_sync_cannot_serve(name), name=f"rebuild-{name}")
+                tg.create_task(self._redeploy_on_changes(name), name=f"redeploy-{name}")
             if ready is not None:
                 ready.set()
             self.report("watching for changes (Ctrl+C to stop)")
 
-    async def _rebuild_when_sync_cannot_serve(self, name: str) -> None:
-        """Rebuild and redeploy when the Dockerfile, or a build-context file outside every sync root, changes."""
+    def _manifest_paths(self, name: str) -> list[Path]:
+        m = self.project.services[name].manifests
+        if m.files:
+            return [(self.root / f).resolve() for f in m.files]
+        if m.kustomize:
+            return [(self.root / m.kustomize).resolve()]
+        if m.helm:
+            return [(self.root / m.helm.chart).resolve(), *((self.root / v).resolve() for v in m.helm.values)]
+        return []
+
+    async def _redeploy_on_changes(self, name: str) -> None:
+        """Redeploy a service when sync cannot serve a change: its manifests, its Dockerfile, or a
+        build-context file outside every sync root (which also rebuilds the image)."""
         service = self.project.services[name]
-        assert service.image is not None
-        context = (self.root / service.image.context).resolve()
-        dockerfile = (
-            (self.root / service.image.dockerfile).resolve() if service.image.dockerfile else context / "Dockerfile"
-        )
+        manifests = self._manifest_paths(name)
+        context = (self.root / service.image.context).resolve() if service.image else None
+        dockerfile: Path | None = None
+        if service.image is not None and context is not None:
+            dockerfile = (
+                (self.root / service.image.dockerfile).resolve() if service.image.dockerfile else context / "Dockerfile"
+            )
         rules = [(self.root / r.local).resolve() for r in service.sync]
 
-        def needs_rebuild(path: Path) -> bool:
-            if path == dockerfile:
+        def needs_redeploy(path: Path) -> bool:
+            if any(part in NEVER_BUILT for part in path.parts):
+                return False
+            if any(path == m or path.is_relative_to(m) for m in manifests) or path == dockerfile:
                 return True
-            if not path.is_relative_to(context) or any(part in NEVER_BUILT for part in path.parts):
+            if context is None or not path.is_relative_to(context):
                 return False
             # Under a sync root: synced, or excluded on purpose (a *.pyc, node_modules/); never a rebuild.
             return not any(path.is_relative_to(local) for local in rules)
 
-        watched = sorted({str(context), str(dockerfile.parent)})
-        async for changes in watchfiles.awatch(*watched, step=50, debounce=300):
-            triggers = sorted({Path(p) for _, p in changes if needs_rebuild(Path(p))})
+        watched = {str(m if m.is_dir() else m.parent) for m in manifests}
+        if context is not None and dockerfile is not None:
+            watched |= {str(context), str(dockerfile.parent)}
+        async for changes in watchfiles.awatch(*sorted(watched), step=50, debounce=300):
+            triggers = sorted({Path(p) for _, p in changes if needs_redeploy(Path(p))})
             if not triggers:
                 continue
             shown = ", ".join(str(t.relative_to(self.root)) for t in triggers[:3])
-            self.report(f"{name}: {shown} changed, which sync cannot serve: rebuilding the image")
+            self.report(f"{name}: {shown} changed, which sync cannot serve: redeploying")
             try:
                 await self._redeploy(name)
-            except (PlanError, UpError, DeployError, OSError, ValueError) as err:
+            except (PlanError, UpError, DeployError, DevModeError, ConfigError, OSError, ValueError) as err:
                 self.store.update(name, phase="error", message=str(err))
-                self.report(f"{name}: rebuild failed: {err} (fix it and save again)")
+                self.report(f"{name}: redeploy failed: {err} (fix it and save again)")
 
     async def _redeploy(self, name: str) -> None:
         service = self.project.services[name]
-        assert service.image is not None
         paths = self.target.bundled.paths if self.target.bundled else ClusterPaths.from_env()
-        self.store.update(name, phase="building")
-        image, info = await asyncio.to_thread(build_service_image, self.root, name, service, paths=paths)
-        await asyncio.to_thread(self.target.load_image, image)
-        self.built[service.image.name] = info
+        if service.image is not None:
+            self.store.update(name, phase="building")
+            image, info = await asyncio.to_thread(build_service_image, self.root, name, service, paths=paths)
+            await asyncio.to_thread(self.target.load_image, image)  # a no-op when the content hash is unchanged
+            self.built[service.image.name] = info
+            self.store.update(name, image=image.tag)
         kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
         docs = read_manifests(self.root, name, service, kubectl=kubectl)
         plan = plan_service(
@@ -299,7 +317,7 @@ class DevLoop:
         self.plans[name] = plan
         client = self.target.conn.client()
         try:
-            self.store.update(name, phase="deploying", image=image.tag)
+            self.store.update(name, phase="deploying")
             await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
             await wait_rollout(
                 client,
@@ -311,7 +329,7 @@ class DevLoop:
         finally:
             await client.close()
         self.store.update(name, phase="running")
-        self.report(f"{name}: redeployed with {image.tag}")
+        self.report(f"{name}: redeployed")
 
     def _progress(self, service: str, message: str) -> None:
         self.report(f"{service}: {message}")

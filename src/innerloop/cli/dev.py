@@ -73,7 +73,7 @@ def _fail(err: BaseException) -> None:
     sys.exit(1)
 
 
-def _report(message: str) -> None:
+def report(message: str) -> None:
     click.echo(click.style("innerloop ", fg="bright_black") + message, err=True)
 
 
@@ -106,15 +106,15 @@ def up(config_file: str | None, namespace: str | None, no_color: bool) -> None:
         path = _config(config_file)
         loop = DevLoop(
             config_path=path,
-            target=connect(_report),
+            target=connect(report),
             namespace=namespace,
-            report=_report,
+            report=report,
             color=not no_color and sys.stdout.isatty(),
             print_log=click.echo,
         )
         asyncio.run(_until_signal(loop.run()))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        _report("stopped; the app stays deployed (`innerloop down` removes it)")
+        report("stopped; the app stays deployed (`innerloop down` removes it)")
     except Exception as err:
         _fail(err)
 
@@ -125,13 +125,13 @@ def up(config_file: str | None, namespace: str | None, no_color: bool) -> None:
 def down_command(config_file: str | None, namespace: str | None) -> None:
     """Remove everything `up` created and restore everything it changed."""
     try:
-        done = asyncio.run(down(config_path=_config(config_file), target=connect(_report), namespace=namespace))
+        done = asyncio.run(down(config_path=_config(config_file), target=connect(report), namespace=namespace))
     except Exception as err:
         _fail(err)
         raise
     for line in done:
-        _report(line)
-    _report("nothing to remove" if not done else f"removed or restored {len(done)} objects")
+        report(line)
+    report("nothing to remove" if not done else f"removed or restored {len(done)} objects")
 
 
 def _api(sock: Path) -> aiohttp.ClientSession:

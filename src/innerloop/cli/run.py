@@ -9,13 +9,9 @@ from pathlib import Path
 
 import click
 
-from innerloop.cli.dev import explain
+from innerloop.cli.dev import explain, report
 from innerloop.connect.run import RunError, command_env, fetch_context, materialize
 from innerloop.engine.up import connect
-
-
-def _report(message: str) -> None:
-    click.echo(click.style("innerloop ", fg="bright_black") + message, err=True)
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -34,7 +30,7 @@ def run(
         sys.exit(2)
     labels = dict(pair.split("=", 1) for pair in selector.split(",")) if selector else None
     try:
-        target = connect(_report)
+        target = connect(report)
         ns = namespace or target.conn.namespace
         name, context = asyncio.run(
             fetch_context(target.conn, namespace=ns, pod=pod, selector=labels, container=container)
@@ -50,7 +46,7 @@ def run(
         sys.exit(1)
     root = Path.cwd() / ".innerloop" / "run" / name
     mounts = materialize(context, root)
-    _report(f"context of {ns}/{name}: {len(context.env)} env vars, {len(mounts)} mounted folders under {root}")
+    report(f"context of {ns}/{name}: {len(context.env)} env vars, {len(mounts)} mounted folders under {root}")
     for missing in context.missing:
-        _report(f"optional {missing} is missing in the cluster")
+        report(f"optional {missing} is missing in the cluster")
     sys.exit(subprocess.run(list(command), env=command_env(context, mounts, root), check=False).returncode)

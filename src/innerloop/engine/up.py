@@ -65,6 +65,16 @@ class Target:
     conn: ClusterConnection
     bundled: BundledCluster | None
 
+    @property
+    def paths(self) -> ClusterPaths:
+        """Where images are built and cached."""
+        return self.bundled.paths if self.bundled else ClusterPaths.from_env()
+
+    @property
+    def kubectl(self) -> str:
+        """The kubectl that renders kustomize (the bundled cluster's own, else the one on PATH)."""
+        return str(self.bundled.kubectl_path) if self.bundled else "kubectl"
+
     def load_image(self, image: BuiltImage) -> None:
         if self.bundled is None:
             raise UpError(
@@ -142,60 +152,68 @@ class DevLoop:
 
     # -- build and deploy -------------------------------------------------------
 
-    def build(self) -> tuple[dict[str, BuiltImageInfo], str]:
-        paths = self.target.bundled.paths if self.target.bundled else ClusterPaths.from_env()
-        built: dict[str, BuiltImageInfo] = {}
+    def _build_service(self, name: str) -> None:
+        """Build (or find by content hash) one service's image and load it into the cluster."""
+        service = self.project.services[name]
+        assert service.image is not None
+        self.store.update(name, phase="building")
+        started = time.monotonic()
+        image, info = build_service_image(self.root, name, service, paths=self.target.paths)
+        self.target.load_image(image)  # a no-op when the cluster has this tag already
+        self.built[service.image.name] = info
+        self.store.update(name, image=image.tag)
+        self.report(f"{name}: image {image.tag} ({(time.monotonic() - started) * 1000:.0f} ms)")
+
+    def build(self) -> None:
         for name, service in self.project.services.items():
-            if service.image is None:
-                continue
-            self.store.update(name, phase="building")
-            started = time.monotonic()
-            image, info = build_service_image(self.root, name, service, paths=paths)
-            self.target.load_image(image)
-            built[service.image.name] = info
-            self.store.update(name, image=image.tag)
-            self.report(f"{name}: image {image.tag} ({(time.monotonic() - started) * 1000:.0f} ms)")
+            if service.image is not None:
+                self._build_service(name)
+        paths = self.target.paths
         agent = build_agent_image(
             python_archive=ClusterImages(paths=paths, report=self.report).python().archive, out_dir=paths.images
         )
         if any(s.sync for s in self.project.services.values()):
             self.target.load_image(agent)
-        return built, agent.tag
+        self.agent_tag = agent.tag
+
+    async def _apply_service(self, client: AsyncClient, name: str) -> None:
+        """Render one service (built tags pinned, dev-mode patch) and apply it."""
+        if name not in self.tokens:
+            self.tokens[name] = await existing_token(client, self.project.name, name, self.namespace)
+        service = self.project.services[name]
+        plan = plan_service(
+            project=self.project,
+            name=name,
+            docs=read_manifests(self.root, name, service, kubectl=self.target.kubectl),
+            built=self.built,
+            agent_image=self.agent_tag,
+            token=self.tokens[name],
+        )
+        self.plans[name] = plan
+        self.store.update(name, phase="deploying")
+        await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
+
+    async def _wait_ready(self, client: AsyncClient, name: str) -> None:
+        plan = self.plans[name]
+        if plan.ready_wait:
+            await wait_rollout(
+                client,
+                namespace=self.namespace,
+                kind=plan.workload_kind,
+                name=plan.workload_name,
+                on_progress=functools.partial(self._progress, name),
+            )
+        self.store.update(name, phase="running")
 
     async def deploy(self, client: AsyncClient) -> None:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
         await ensure_namespace(client, self.namespace)
-        built, agent_tag = await asyncio.to_thread(self.build)
-        self.built, self.agent_tag = built, agent_tag
-        kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
+        await asyncio.to_thread(self.build)
         for wave in start_order(self.project):
             for name in wave:
-                service = self.project.services[name]
-                if name not in self.tokens:
-                    self.tokens[name] = await existing_token(client, self.project.name, name, self.namespace)
-                docs = read_manifests(self.root, name, service, kubectl=kubectl)
-                plan = plan_service(
-                    project=self.project,
-                    name=name,
-                    docs=docs,
-                    built=built,
-                    agent_image=agent_tag,
-                    token=self.tokens[name],
-                )
-                self.plans[name] = plan
-                self.store.update(name, phase="deploying")
-                await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
+                await self._apply_service(client, name)
             for name in wave:
-                plan = self.plans[name]
-                if plan.ready_wait:
-                    await wait_rollout(
-                        client,
-                        namespace=self.namespace,
-                        kind=plan.workload_kind,
-                        name=plan.workload_name,
-                        on_progress=functools.partial(self._progress, name),
-                    )
-                self.store.update(name, phase="running")
+                await self._wait_ready(client, name)
                 self.report(f"{name}: ready")
 
     # -- the loop ---------------------------------------------------------------
@@ -296,39 +314,14 @@ class DevLoop:
                 self.report(f"{name}: redeploy failed: {err} (fix it and save again)")
 
     async def _redeploy(self, name: str) -> None:
-        service = self.project.services[name]
-        paths = self.target.bundled.paths if self.target.bundled else ClusterPaths.from_env()
-        if service.image is not None:
-            self.store.update(name, phase="building")
-            image, info = await asyncio.to_thread(build_service_image, self.root, name, service, paths=paths)
-            await asyncio.to_thread(self.target.load_image, image)  # a no-op when the content hash is unchanged
-            self.built[service.image.name] = info
-            self.store.update(name, image=image.tag)
-        kubectl = str(self.target.bundled.kubectl_path) if self.target.bundled else "kubectl"
-        docs = read_manifests(self.root, name, service, kubectl=kubectl)
-        plan = plan_service(
-            project=self.project,
-            name=name,
-            docs=docs,
-            built=self.built,
-            agent_image=self.agent_tag,
-            token=self.tokens[name],
-        )
-        self.plans[name] = plan
+        if self.project.services[name].image is not None:
+            await asyncio.to_thread(self._build_service, name)
         client = self.target.conn.client()
         try:
-            self.store.update(name, phase="deploying")
-            await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
-            await wait_rollout(
-                client,
-                namespace=self.namespace,
-                kind=plan.workload_kind,
-                name=plan.workload_name,
-                on_progress=functools.partial(self._progress, name),
-            )
+            await self._apply_service(client, name)
+            await self._wait_ready(client, name)
         finally:
             await client.close()
-        self.store.update(name, phase="running")
         self.report(f"{name}: redeployed")
 
     def _progress(self, service: str, message: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -27,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 from lightkube.resources.core_v1 import Pod
 
 from innerloop.config import Service
+from innerloop.deploy.devmode import DEV_MODE_ANNOTATION
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.k8s.streams import PortForwardByteStream, StreamError
 from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
 from innerloop.protocol.session import SessionClosed
 from innerloop.sync.ignore import SyncScope, load_scope
+from innerloop.sync.tree import Scanner, hash_file
 from innerloop.sync.twoway import concerned, conflict_name, is_conflict_copy, reconcile
 from innerloop.sync.watcher import FileWatch, WatchRoot
 
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
     from innerloop.engine.store import Store
 
 Report = Callable[[str], None]
-DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
 PULL_INTERVAL_S = 0.5  # two-way roots: how often the container's tree is compared
 
 
@@ -60,25 +60,10 @@ class SyncRoot:
         return None if rel in ("", ".") or self.scope.ignores(rel) or is_conflict_copy(rel) else rel
 
 
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def scan(root: SyncRoot) -> dict[str, str]:
-    """``{relative path: sha256}`` of every file the rule covers."""
-    found: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root.local):
-        base = Path(dirpath)
-        rel_dir = base.relative_to(root.local).as_posix()
-        rel_dir = "" if rel_dir == "." else rel_dir
-        dirnames[:] = [d for d in dirnames if not root.scope.prunes(f"{rel_dir}/{d}".lstrip("/"))]
-        for name in filenames:
-            rel = f"{rel_dir}/{name}".lstrip("/")
-            full = base / name
-            if root.scope.covers(rel) and not is_conflict_copy(rel) and full.is_file() and not full.is_symlink():
-                found[rel] = file_sha256(full)
-    return found
+def covered_files(scanner: Scanner, root: SyncRoot) -> dict[str, str]:
+    """``{relative path: sha256}`` of every regular file the rule covers (the scanner caches hashes)."""
+    tree = scanner.scan(root.local, root.scope)
+    return {rel: state.sha256 for rel, state in tree.items() if not state.is_symlink and not is_conflict_copy(rel)}
 
 
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -130,6 +115,7 @@ class SyncSession:
             )
             for r in config.sync
         ]
+        self._scanner = Scanner()
         self._dirty: set[tuple[int, str]] = set()
         self._wake = asyncio.Event()
         self.connected = asyncio.Event()
@@ -212,7 +198,7 @@ class SyncSession:
     async def _initial_sync(self, agent: AgentClient) -> None:
         total_files = 0
         for root in self.roots:
-            local = await asyncio.to_thread(scan, root)
+            local = await asyncio.to_thread(covered_files, self._scanner, root)
             remote = await agent.tree(root.remote)
             uploads = [rel for rel, sha in local.items() if remote.get(rel) != sha]
             if root.two_way:
@@ -240,18 +226,16 @@ class SyncSession:
             for rel in paths:
                 full = root.local / rel
                 if full.is_file() and not full.is_symlink():
-                    sha = await asyncio.to_thread(file_sha256, full)
+                    sha = await asyncio.to_thread(hash_file, str(full))
                     if root.sent.get(rel) != sha:  # unchanged content (mtime churn) sends nothing
                         uploads.append(rel)
                         hashes[rel] = sha
                 elif not full.exists() and rel in root.sent:
                     deletes.append(rel)
-                elif full.is_dir():
-                    for sub, sha in (
-                        await asyncio.to_thread(scan, SyncRoot(local=full, remote="", scope=root.scope))
-                    ).items():
-                        rel_sub = f"{rel}/{sub}"
-                        if root.sent.get(rel_sub) != sha:
+                elif full.is_dir():  # a folder appeared (moved in, unpacked): everything below it
+                    covered = await asyncio.to_thread(covered_files, self._scanner, root)
+                    for rel_sub, sha in covered.items():
+                        if rel_sub.startswith(f"{rel}/") and root.sent.get(rel_sub) != sha:
                             uploads.append(rel_sub)
                             hashes[rel_sub] = sha
             deletes += [
@@ -298,7 +282,7 @@ class SyncSession:
             paths = concerned(remote, root.sent)
             if not paths:
                 continue
-            local = {p: file_sha256(root.local / p) if (root.local / p).is_file() else None for p in paths}
+            local = {p: hash_file(str(root.local / p)) if (root.local / p).is_file() else None for p in paths}
             for change in reconcile(remote=remote, sent=root.sent, local=local):
                 target = root.local / change.path
                 if change.kind == "adopt" and change.sha256:

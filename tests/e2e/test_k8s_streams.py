@@ -102,8 +102,10 @@ def test_port_forward_to_a_closed_port_reports_the_error(
     async def scenario() -> str:
         stream = await PortForwardStream.open(conn, namespace=namespace, pod=shell_pod, port=9999)
         try:
-            await stream.write(b"hello")
             with pytest.raises(StreamError, match="9999"):
+                # The refusal arrives on the error channel; it surfaces on the write when the
+                # server has already closed the stream, else on the read.
+                await stream.write(b"hello")
                 await asyncio.wait_for(stream.reader.read(), 15)
             return stream.error
         finally:

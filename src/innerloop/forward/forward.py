@@ -447,7 +447,12 @@ class PortForward:
     ) -> str | None:
         """Pump both ways until one side closes. Returns the error when the dial failed and a retry is safe."""
         if replay.data:
-            await stream.write(bytes(replay.data))
+            try:
+                await stream.write(bytes(replay.data))
+            except StreamError as err:
+                if is_dial_failure(str(err)):
+                    return str(err)
+                raise
         to_pod = asyncio.create_task(self._client_to_pod(reader, stream, replay))
         to_client = asyncio.create_task(self._pod_to_client(stream, writer, replay))
         try:
@@ -477,7 +482,7 @@ class PortForward:
             replay.record(data)
             try:
                 await stream.write(data)
-            except (OSError, aiohttp.ClientError):
+            except (OSError, aiohttp.ClientError, StreamError):
                 return _POD_WRITE_FAILED
 
     async def _pod_to_client(

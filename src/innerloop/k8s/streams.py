@@ -209,8 +209,15 @@ class PortForwardStream:
         return self._error.decode(errors="replace")
 
     async def write(self, data: bytes, *, chunk: int = 256 * 1024) -> None:
-        for i in range(0, len(data), chunk):
-            await self._ws.send_bytes(channels.frame(0, data[i : i + chunk]))
+        """Send ``data``; raises :class:`StreamError` with the server's reason once the stream has closed."""
+        try:
+            for i in range(0, len(data), chunk):
+                await self._ws.send_bytes(channels.frame(0, data[i : i + chunk]))
+        except (aiohttp.ClientError, ConnectionError) as err:
+            # The server may close right after it reports why (a refused dial, say):
+            # give the reading side a moment to collect the reason.
+            await asyncio.wait({self._pump}, timeout=1.0)
+            raise StreamError(self.error.strip() or f"port-forward closed: {err}") from err
 
     async def close(self) -> None:
         await self._ws.close()

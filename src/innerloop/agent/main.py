@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=DEFAULT_GRACE, help="seconds between SIGTERM and SIGKILL on restart"
     )
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- the app command")
+    route = commands.add_parser("route", help="the intercept router of one Service")
+    route.add_argument("--config", required=True, help="the router's JSON config (from its ConfigMap)")
     seeder = commands.add_parser("seed", help="copy a directory tree, keeping modes")
     seeder.add_argument("source")
     seeder.add_argument("destination")
@@ -149,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         seed(args.source, args.destination)
         return 0
+    if args.action == "route":
+        from innerloop.agent.router import load_config, run_router  # noqa: PLC0415
+
+        return asyncio.run(run_router(load_config(args.config)))
     command: list[str] = args.command
     if command and command[0] == "--":
         command = command[1:]

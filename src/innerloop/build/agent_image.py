@@ -18,6 +18,7 @@ the cluster already builds, so no extra download is needed.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -118,9 +119,9 @@ def build_agent_image(*, python_archive: Path, out_dir: Path) -> BuiltImage:
     cached = out_dir / f"agent-runtime-{python_archive.stem}.tar"
     if not cached.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(layer_from_entries(_with_parents(with_bytecode(runtime_entries(python_archive)))))
-        tmp.rename(cached)
+        tmp.replace(cached)
     runtime = cached.read_bytes()
     agent = layer_from_entries(_with_parents(with_bytecode(agent_entries(package_root))))
     config = ImageConfig(

@@ -11,6 +11,7 @@ from innerloop.cli.cluster import cluster
 from innerloop.cli.demo import demo
 from innerloop.cli.dev import down_command, logs, status, up
 from innerloop.cli.init import init_command
+from innerloop.cli.intercept import clean_command, intercept, leave
 from innerloop.cli.run import run
 from innerloop.cli.schema import schema
 
@@ -30,6 +31,9 @@ cli.add_command(logs)
 cli.add_command(schema)
 cli.add_command(init_command)
 cli.add_command(run)
+cli.add_command(intercept)
+cli.add_command(leave)
+cli.add_command(clean_command)
 
 
 def main() -> None:

@@ -426,6 +426,73 @@ class Service(_Model):
     )
 
 
+def _header_rule(value: str) -> str:
+    from innerloop.agent.match import parse_rule  # noqa: PLC0415 - the agent's parser is the one truth
+
+    parse_rule(value)
+    return value
+
+
+HeaderRuleText = Annotated[
+    str,
+    AfterValidator(_header_rule),
+    WithJsonSchema({"type": "string", "examples": ["x-innerloop-user=alice", "baggage[user]=alice"]}),
+]
+
+
+class Preview(_Model):
+    """The app's entry Service, for a local preview URL that adds your header to every request."""
+
+    service: DnsLabel = Field(description="The entry Service (e.g. the front end).", examples=["frontend"])
+    port: PortNumber = Field(description="Its Service port.", examples=[8080])
+    local: PortNumber | None = Field(
+        default=None,
+        description="The local port of the preview URL (default: any free one).",
+        json_schema_extra=_not_null,
+    )
+
+
+class Intercept(_Model):
+    """A Service whose cluster traffic `innerloop intercept NAME` sends to a local process."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"service": "backend", "local": 8082, "headers": ["x-innerloop-user=alice"]}],
+        }
+    )
+
+    service: DnsLabel | None = Field(
+        default=None,
+        description="The Kubernetes Service (default: the intercept's name).",
+        json_schema_extra=_not_null,
+    )
+    mode: Literal["personal", "global"] = Field(
+        default="personal",
+        description="personal: only requests whose headers match (HTTP/1.1 per request); "
+        "global: every connection of the port, any protocol.",
+    )
+    headers: list[HeaderRuleText] = Field(
+        default_factory=list,
+        description="Personal mode: all must match. NAME=VALUE, NAME^=PREFIX, NAME~=REGEX, baggage[MEMBER]=VALUE "
+        "(default: x-innerloop-user=$USER).",
+    )
+    local: PortNumber | None = Field(
+        default=None,
+        description="The local port that receives the traffic (default: a free port, given to command as PORT).",
+        json_schema_extra=_not_null,
+    )
+    command: list[str] = Field(
+        default_factory=list,
+        description="The local process to start, with the pod's env, ConfigMaps, Secrets and cluster DNS.",
+        examples=[["python", "backend/app.py"]],
+    )
+    preview: Preview | None = Field(
+        default=None,
+        description="Print a local URL that adds your header and goes to the app's entry Service.",
+        json_schema_extra=_not_null,
+    )
+
+
 class Project(_Model):
     """innerloop.yaml: the services of an app and how `innerloop up` develops them on Kubernetes."""
 
@@ -443,6 +510,11 @@ class Project(_Model):
     services: dict[DnsLabel, Service] = Field(
         min_length=1,
         description="The services, by name (DNS-1123 labels).",
+        json_schema_extra={"additionalProperties": False},
+    )
+    intercepts: dict[DnsLabel, Intercept] = Field(
+        default_factory=dict,
+        description="Intercepts for `innerloop intercept NAME`: cluster traffic to a local process.",
         json_schema_extra={"additionalProperties": False},
     )
 

@@ -161,8 +161,9 @@ def write_archive(path: Path, *, tag: str, layers: Sequence[bytes], config: Imag
     for name, layer in zip(layer_names, layers, strict=True):
         files.append(FileEntry.directory(name.split("/")[0]))
         files.append(FileEntry(path=name, data=layer))
-    tmp = path.with_suffix(".tmp")
+    # Per-process temporary name: two CLIs may build the same image at once (same content, same result).
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(layer_from_entries(files))
-    tmp.rename(path)
+    tmp.replace(path)
     return sha256(blob)

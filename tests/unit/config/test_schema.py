@@ -59,7 +59,17 @@ def test_keys_are_in_the_yaml_spelling() -> None:
 
 def test_every_model_forbids_unknown_keys() -> None:
     defs = json_schema()["$defs"]
-    assert set(defs) == {"ChangeStep", "Helm", "Image", "Manifests", "PortForward", "Service", "SyncRule"}
+    assert set(defs) == {
+        "ChangeStep",
+        "Helm",
+        "Image",
+        "Intercept",
+        "Manifests",
+        "PortForward",
+        "Preview",
+        "Service",
+        "SyncRule",
+    }
     for name, model in defs.items():
         assert model["additionalProperties"] is False, name
     assert json_schema()["additionalProperties"] is False

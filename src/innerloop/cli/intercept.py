@@ -1,0 +1,369 @@
+"""``innerloop intercept|leave|clean``: a Service's traffic to a local process, and back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from innerloop.agent.intercepts import Mode
+from innerloop.agent.match import HeaderRule, parse_rule
+from innerloop.cli.dev import explain, report
+from innerloop.config import ConfigError, find_config, load_config
+from innerloop.config.model import Intercept as ConfigIntercept
+from innerloop.connect.run import RunError, command_env, fetch_context, materialize
+from innerloop.engine.up import Target, connect
+from innerloop.intercept.cluster import InterceptSetupError, clean
+from innerloop.intercept.plan import InterceptPlanError, origin_name
+from innerloop.intercept.preview import Preview, preview_headers
+from innerloop.intercept.session import (
+    DEFAULT_HEADER,
+    InterceptRequest,
+    default_rules,
+    forget,
+    saved_intercepts,
+    start,
+    wait_restored,
+)
+from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, RouterSession
+from innerloop.k8s.rest import RawApi, RestError, object_path
+
+INTERCEPT_ERRORS = (InterceptSetupError, InterceptPlanError, InterceptDenied, InterceptEnded, RunError, ValueError)
+
+
+def _fail(err: BaseException) -> None:
+    if isinstance(err, RestError):
+        if err.status == 403:
+            message = (
+                f"the cluster refused: {err.message}. Intercepts need the namespaced Role in docs/RBAC.md"
+                " (docs/rbac/innerloop-developer.yaml) bound to you in this namespace"
+            )
+        else:
+            message = f"the cluster answered {err.status} {err.reason}: {err.message}"
+    elif isinstance(err, INTERCEPT_ERRORS):
+        message = str(err)
+    else:
+        found = explain(err)
+        if found is None:
+            raise err
+        message = found
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+def _port_pair(value: str) -> tuple[int, int]:
+    service, sep, local = value.partition(":")
+    if not sep or not service.isdigit() or not local.isdigit():
+        raise click.BadParameter(f"expected SERVICE_PORT:LOCAL_PORT, got {value!r}")
+    return int(service), int(local)
+
+
+def _describe(rules: Sequence[HeaderRule]) -> str:
+    ops = {"exact": "=", "prefix": "^=", "regex": "~="}
+    parts = []
+    for rule in rules:
+        name = f"baggage[{rule.baggage_member}]" if rule.baggage_member else rule.header
+        parts.append(f"{name}{ops[rule.op]}{rule.value}")
+    return " and ".join(parts)
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.argument("service")
+@click.option("-n", "--namespace", help="Namespace (default: innerloop.yaml, then the kubeconfig's).")
+@click.option("--to", "to_port", type=int, help="Local port that receives the traffic (every intercepted port).")
+@click.option("--port", "port_pairs", multiple=True, help="SERVICE_PORT:LOCAL_PORT; repeat for several ports.")
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    help=f"Personal: route only matching requests. NAME=VALUE, NAME^=PREFIX, NAME~=REGEX, baggage[MEMBER]=VALUE; "
+    f"repeat to require all (default: {DEFAULT_HEADER}=$USER).",
+)
+@click.option("--global", "global_mode", is_flag=True, help="Take all traffic of the port(s), any protocol.")
+@click.option("--name", help="Intercept name (default: $USER plus a random suffix).")
+@click.option("--grace", type=float, default=15.0, show_default=True, help="Seconds a lost tunnel may resume.")
+@click.option("--pod", help="Borrow env/ConfigMaps/Secrets from this pod (default: one of the Service's).")
+@click.option("--preview", "preview_target", help="ENTRY_SERVICE:PORT: print a local URL that adds your header.")
+@click.option("--share", is_flag=True, help="Serve the preview URL on every interface, for teammates.")
+@click.option("-f", "--file", "config_file", help="innerloop.yaml (default: found upwards from here, if any).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def intercept(  # noqa: PLR0917 - click passes options positionally
+    service: str,
+    namespace: str | None,
+    to_port: int | None,
+    port_pairs: tuple[str, ...],
+    headers: tuple[str, ...],
+    global_mode: bool,
+    name: str | None,
+    grace: float,
+    pod: str | None,
+    preview_target: str | None,
+    share: bool,
+    config_file: str | None,
+    command: tuple[str, ...],
+) -> None:
+    """Send SERVICE's cluster traffic to a local port, or to COMMAND (after --) started here with the
+    pod's env, ConfigMaps and Secrets. Personal by default: only requests carrying your header come
+    here; everyone else's keep going to the cluster's pods. Ctrl+C ends it and restores the Service.
+
+    SERVICE may also name an entry of `intercepts:` in innerloop.yaml; flags override it."""
+    if global_mode and headers:
+        raise click.UsageError("--global takes all traffic; --header is for personal intercepts")
+    try:
+        configured, project_ns = _configured(service, config_file)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    if configured is not None:
+        service = configured.service or service
+        global_mode = global_mode or (configured.mode == "global" and not headers)
+        headers = headers or tuple(configured.headers)
+        to_port = to_port if to_port is not None or port_pairs else configured.local
+        command = command or tuple(configured.command)
+        if preview_target is None and configured.preview is not None:
+            preview_target = f"{configured.preview.service}:{configured.preview.port}"
+    try:
+        rules = [parse_rule(text) for text in headers] or ([] if global_mode else default_rules())
+        pairs = dict(_port_pair(p) for p in port_pairs)
+        preview = _entry(preview_target) if preview_target else None
+        target = connect(report)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    except Exception as err:
+        _fail(err)
+        return
+    if not pairs and to_port is None and not command:
+        raise click.UsageError("say where the traffic goes: --to LOCAL_PORT, --port S:L, or a command after --")
+    mode: Mode = "global" if global_mode else "personal"
+    request = InterceptRequest(
+        service=service,
+        namespace=namespace or project_ns or target.conn.namespace,
+        mode=mode,
+        rules=rules,
+        local_ports=pairs,
+        default_local=to_port,
+        name=name,
+        grace=grace,
+    )
+    options = _Options(command=list(command), pod=pod, preview=preview, share=share)
+    try:
+        code = asyncio.run(_intercept(target, request, options))
+    except Exception as err:
+        _fail(err)
+        return
+    sys.exit(code)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Options:
+    command: list[str]
+    pod: str | None
+    preview: tuple[str, int] | None
+    share: bool
+
+
+def _configured(name: str, config_file: str | None) -> tuple[ConfigIntercept | None, str | None]:
+    """The `intercepts:` entry NAME of innerloop.yaml (and the project's namespace), if there is one."""
+    if config_file is not None:
+        path = Path(config_file)
+    else:
+        try:
+            path = find_config(Path.cwd())
+        except ConfigError:
+            return None, None  # no project here: flags only
+    project = load_config(path)
+    return project.intercepts.get(name), project.namespace
+
+
+def _entry(value: str) -> tuple[str, int]:
+    service, sep, port = value.rpartition(":")
+    if not sep or not service or not port.isdigit():
+        raise ValueError(f"--preview expects ENTRY_SERVICE:PORT (e.g. frontend:8080), got {value!r}")
+    return service, int(port)
+
+
+async def _intercept(target: Target, request: InterceptRequest, options: _Options) -> int:
+    started = time.monotonic()
+    process: asyncio.subprocess.Process | None = None
+    if options.command and request.default_local is None and not request.local_ports:
+        request = dataclasses.replace(request, default_local=_free_port())
+    tunnel, info = await start(target, request, report=report)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 0
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            if options.command:
+                process = await _start_command(target, request, info.service, options.command, options.pod)
+            runner = asyncio.create_task(tunnel.run())
+            ready = asyncio.create_task(tunnel.ready.wait())
+            await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+            if runner.done():
+                runner.result()  # raises why it could not register
+            ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(_targets(request, info.ports).items()))
+            what = "all traffic" if request.mode == "global" else f"requests with {_describe(request.rules)}"
+            report(
+                f"intercepting svc/{request.service} ({ports}): {what}"
+                f" [{tunnel.registration.name}, ready in {time.monotonic() - started:.1f}s]"
+            )
+            if options.preview is not None:
+                await _open_preview(stack, target, request, options)
+            waiters: set[asyncio.Task[Any]] = {runner, asyncio.create_task(stop.wait())}
+            if process is not None:
+                waiters.add(asyncio.create_task(process.wait()))
+            done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if runner in done:
+                with contextlib.suppress(InterceptEnded):
+                    runner.result()
+                report(f"intercept {tunnel.registration.name} ended")
+            if process is not None and process.returncode is not None:
+                code = process.returncode
+                report(f"the command exited with {code}; leaving")
+            remaining = await tunnel.leave() if not runner.done() else None
+            runner.cancel()
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(runner, *pending, return_exceptions=True)
+        if remaining == 0 or runner in done:
+            report(f"restoring svc/{request.service}")
+            if await wait_restored(target, namespace=request.namespace, service=request.service):
+                report(f"svc/{request.service} selects its own pods again; the router is gone")
+            else:
+                report(f"the router of {request.service} did not finish in time; `innerloop clean` removes it")
+        elif remaining is not None:
+            report(f"left; {remaining} other intercept(s) keep the router of {request.service}")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        forget(request.namespace, request.service, tunnel.registration.name)
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 5)
+            except TimeoutError:
+                process.kill()
+    return code
+
+
+async def _open_preview(
+    stack: contextlib.AsyncExitStack, target: Target, request: InterceptRequest, options: _Options
+) -> None:
+    assert options.preview is not None
+    headers = preview_headers(request.rules) if request.mode == "personal" else {}
+    if headers is None:
+        report("no preview URL: a regex header rule has no single value to send")
+        return
+    service, port = options.preview
+    preview = await stack.enter_async_context(
+        Preview(
+            target.conn,
+            namespace=request.namespace,
+            service=service,
+            port=port,
+            headers=headers,
+            address="0.0.0.0" if options.share else "127.0.0.1",
+        )
+    )
+    url = preview.url.replace("0.0.0.0", socket.gethostname()) if options.share else preview.url
+    report(f"preview: {url} (svc/{service}:{port} with your header)")
+
+
+def _targets(request: InterceptRequest, ports: list[int]) -> dict[int, int]:
+    targets = dict(request.local_ports)
+    if request.default_local is not None:
+        for port in ports:
+            targets.setdefault(port, request.default_local)
+    return targets
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _start_command(
+    target: Target, request: InterceptRequest, service: str, command: list[str], pod: str | None
+) -> asyncio.subprocess.Process:
+    # The Service now selects the router; the original selector is on the shadow ("origin") Service.
+    async with RawApi(target.conn) as api:
+        origin = await api.get(object_path("Service", request.namespace, origin_name(service)))
+    selector = dict(((origin or {}).get("spec") or {}).get("selector") or {})
+    name, context = await fetch_context(
+        target.conn, namespace=request.namespace, pod=pod, selector=None if pod else selector, container=None
+    )
+    root = Path.cwd() / ".innerloop" / "run" / name
+    mounts = materialize(context, root)
+    env = command_env(context, mounts, root)
+    local = request.default_local or next(iter(request.local_ports.values()))
+    env["PORT"] = str(local)
+    report(f"starting {command[0]} with the context of {request.namespace}/{name}; PORT={local}")
+    return await asyncio.create_subprocess_exec(*command, env=env)
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", help="Only intercepts in this namespace.")
+def leave(name: str | None, namespace: str | None) -> None:
+    """End your intercept NAME (or all of yours) from any terminal."""
+    saved = [s for s in saved_intercepts(namespace) if name is None or s["name"] == name]
+    if not saved:
+        click.echo("error: no intercept of yours found" + (f" named {name}" if name else ""), err=True)
+        sys.exit(1)
+    try:
+        target = connect(report)
+        for item in saved:
+            asyncio.run(_leave(target, item))
+    except Exception as err:
+        _fail(err)
+
+
+async def _leave(target: Target, item: dict[str, str]) -> None:
+    try:
+        router = await RouterSession.open(target.conn, namespace=item["namespace"], service=item["service"])
+    except InterceptEnded:
+        report(f"{item['name']}: its router is already gone")
+        forget(item["namespace"], item["service"], item["name"])
+        return
+    try:
+        answer = await router.request({"op": "leave", "name": item["name"], "secret": item["secret"]})
+    finally:
+        await router.close("left")
+    if answer.get("op") != "left":
+        report(f"{item['name']}: {answer.get('reason', answer)}")
+    else:
+        report(f"{item['name']}: left ({answer.get('remaining')} intercept(s) remain on svc/{item['service']})")
+    forget(item["namespace"], item["service"], item["name"])
+
+
+@click.command(name="clean")
+@click.option("-n", "--namespace", help="Namespace (default: the kubeconfig's).")
+def clean_command(namespace: str | None) -> None:
+    """End every intercept in the namespace now: restore the Services, remove the routers."""
+    try:
+        target = connect(report)
+        ns = namespace or target.conn.namespace
+
+        async def work() -> list[str]:
+            async with RawApi(target.conn) as api:
+                return await clean(api, namespace=ns, report=report)
+
+        removed = asyncio.run(work())
+    except Exception as err:
+        _fail(err)
+        return
+    for item in saved_intercepts(ns):
+        forget(ns, item["service"], item["name"])
+    report(f"removed {len(removed)} object(s): {', '.join(removed)}" if removed else "nothing to clean")

@@ -1,0 +1,1 @@
+"""Intercepts: a Service's cluster traffic to a developer's local process, and back."""

@@ -1,0 +1,176 @@
+"""`innerloop intercept`: from the command to traffic arriving locally, and back.
+
+1. the agent image (the router runs it) is built or found by content hash
+   and loaded into the cluster;
+2. the Service's router is started or joined (:mod:`innerloop.intercept.cluster`);
+3. the intercept is registered with a fresh secret, kept on disk (0600)
+   so ``innerloop leave`` from another terminal can end it;
+4. the optional local command starts with the target pod's env, ConfigMaps
+   and Secrets (:mod:`innerloop.connect.run`);
+5. the tunnel carries the intercepted traffic until Ctrl+C, SIGTERM, the
+   command's exit or a ``leave``; then the intercept is left and, when it was
+   the last one, the router restores the Service and removes itself: this
+   waits until the Service is back, so "done" means done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from innerloop.agent.intercepts import Mode
+from innerloop.agent.match import HeaderRule
+from innerloop.agent.restore import selector_of
+from innerloop.build.agent_image import build_agent_image
+from innerloop.cluster.images import ClusterImages
+from innerloop.engine.up import Target
+from innerloop.intercept.cluster import RouterInfo, ensure_router
+from innerloop.intercept.plan import router_name, router_selector
+from innerloop.intercept.tunnel import InterceptTunnel, Registration
+from innerloop.k8s.rest import RawApi, object_path
+
+Report = Callable[[str], None]
+DEFAULT_HEADER = "x-innerloop-user"
+
+
+def whoami() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+def owner() -> str:
+    return f"{whoami()}@{socket.gethostname()}"
+
+
+def default_rules() -> list[HeaderRule]:
+    return [HeaderRule(header=DEFAULT_HEADER, op="exact", value=whoami())]
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "innerloop" / "intercepts"
+
+
+def state_file(namespace: str, service: str, name: str) -> Path:
+    return state_dir() / f"{namespace}.{service}.{name}.json"
+
+
+def save_secret(namespace: str, service: str, registration: Registration) -> Path:
+    path = state_file(namespace, service, registration.name)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = {"namespace": namespace, "service": service, "name": registration.name, "secret": registration.secret}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(data, file)
+    return path
+
+
+def saved_intercepts(namespace: str | None = None) -> list[dict[str, str]]:
+    found = []
+    for path in sorted(state_dir().glob("*.json")) if state_dir().is_dir() else []:
+        with contextlib.suppress(OSError, ValueError):
+            data = json.loads(path.read_text())
+            if namespace is None or data.get("namespace") == namespace:
+                found.append({**data, "path": str(path)})
+    return found
+
+
+def agent_image(target: Target, report: Report) -> str:
+    paths = target.paths
+    image = build_agent_image(
+        python_archive=ClusterImages(paths=paths, report=report).python().archive, out_dir=paths.images
+    )
+    target.load_image(image)
+    return image.tag
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterceptRequest:
+    service: str
+    namespace: str
+    mode: Mode
+    rules: Sequence[HeaderRule]
+    local_ports: dict[int, int]  # Service port -> local port; {} : the single port to `default_local`
+    default_local: int | None
+    name: str | None
+    grace: float
+
+
+async def start(target: Target, request: InterceptRequest, *, report: Report) -> tuple[InterceptTunnel, RouterInfo]:
+    """Router up, intercept registered (tunnel ready); the caller runs ``tunnel.run()`` concurrently."""
+    image = agent_image(target, report)
+    async with RawApi(target.conn) as api:
+        info = await ensure_router(
+            api, namespace=request.namespace, service=request.service, image=image, grace=request.grace, report=report
+        )
+    return _tunnel(target, request, info, report), info
+
+
+def local_port_map(request: InterceptRequest, info: RouterInfo) -> dict[int, int]:
+    ports = dict(request.local_ports)
+    if request.default_local is not None:
+        for port in info.ports:
+            ports.setdefault(port, request.default_local)
+    for port in ports:
+        if port not in info.ports:
+            raise ValueError(f"service {request.service} has no port {port}; its ports: {info.ports}")
+    return ports
+
+
+def _tunnel(target: Target, request: InterceptRequest, info: RouterInfo, report: Report) -> InterceptTunnel:
+    ports = local_port_map(request, info)
+    if not ports:
+        raise ValueError(
+            f"say where the traffic goes: --to LOCAL_PORT, or --port SERVICE_PORT:LOCAL_PORT ({info.ports})"
+        )
+    registration = Registration(
+        name=request.name or f"{whoami()}-{secrets.token_hex(3)}",
+        secret=secrets.token_urlsafe(32),
+        owner=owner(),
+        mode=request.mode,
+        rules=list(request.rules),
+        ports=sorted(ports),
+    )
+    save_secret(request.namespace, request.service, registration)
+
+    async def dial(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", ports[port])
+
+    return InterceptTunnel(
+        target.conn,
+        namespace=request.namespace,
+        service=request.service,
+        registration=registration,
+        dial=dial,
+        report=report,
+        grace=request.grace,
+    )
+
+
+async def wait_restored(target: Target, *, namespace: str, service: str, timeout: float = 30.0) -> bool:
+    """Until the router is gone and the Service selects its pods again."""
+    deadline = time.monotonic() + timeout
+    async with RawApi(target.conn) as api:
+        while time.monotonic() < deadline:
+            svc = await api.get(object_path("Service", namespace, service))
+            router = await api.get(object_path("Deployment", namespace, router_name(service)))
+            if (svc is None or selector_of(svc) != router_selector(service)) and router is None:
+                return True
+            await asyncio.sleep(0.2)
+    return False
+
+
+def forget(namespace: str, service: str, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        state_file(namespace, service, name).unlink()

@@ -1,0 +1,250 @@
+"""The developer's end of an intercept: hold it, and carry its traffic to the local process.
+
+One protocol session (:mod:`innerloop.protocol`) through a port-forward to
+the router's control port. The CLI registers its intercept with a secret
+only it knows; then the router opens a stream for every connection (global)
+or request (personal) it routes here, and each stream is piped to the local
+port that stands for the Service port.
+
+When the session drops (network, laptop sleep, API server restart) the
+router detaches the intercept at once, so the cluster's pods take its
+traffic; this end reconnects with backoff and *resumes* with the same secret
+(``resume: true`` refuses to create a new intercept, so one that was ended
+meanwhile stays ended). Past the grace period the router has forgotten it
+and the tunnel ends with a message saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from innerloop.agent.http1 import pipe
+from innerloop.agent.intercepts import Mode
+from innerloop.agent.match import HeaderRule
+from innerloop.agent.router import SocketConn, TunnelConn
+from innerloop.intercept.plan import CONTROL_PORT, ROUTER_LABEL
+from innerloop.k8s.connection import ClusterConnection
+from innerloop.k8s.rest import RawApi, collection_path
+from innerloop.k8s.streams import PortForwardByteStream, StreamError
+from innerloop.protocol.frames import ProtocolError
+from innerloop.protocol.session import ControlChannel, Role, Session, SessionClosed, Stream
+
+Dial = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+Report = Callable[[str], None]
+
+
+class InterceptDenied(RuntimeError):
+    """The router refused the intercept; the message is the router's reason."""
+
+
+class InterceptEnded(RuntimeError):
+    """The intercept is gone (left from elsewhere, or not resumed in time)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Registration:
+    name: str
+    secret: str = field(repr=False)
+    owner: str
+    mode: Mode
+    rules: Sequence[HeaderRule]
+    ports: Sequence[int]
+
+    def message(self, *, resume: bool) -> dict[str, Any]:
+        return {
+            "op": "intercept",
+            "id": 1,
+            "name": self.name,
+            "secret": self.secret,
+            "owner": self.owner,
+            "mode": self.mode,
+            "rules": [rule.to_dict() for rule in self.rules],
+            "ports": list(self.ports),
+            "resume": resume,
+        }
+
+
+async def router_pod(conn: ClusterConnection, *, namespace: str, service: str) -> str | None:
+    async with RawApi(conn) as api:
+        pods = await api.call(
+            "GET", collection_path("Pod", namespace), query={"labelSelector": f"{ROUTER_LABEL}={service}"}
+        )
+    for pod in pods.get("items") or []:
+        conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
+        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+            return str(pod["metadata"]["name"])
+    return None
+
+
+class RouterSession:
+    """One control session with a Service's router."""
+
+    def __init__(self, session: Session, control: ControlChannel) -> None:
+        self.session = session
+        self.control = control
+        self._next_id = 1
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, conn: ClusterConnection, *, namespace: str, service: str) -> RouterSession:
+        pod = await router_pod(conn, namespace=namespace, service=service)
+        if pod is None:
+            raise InterceptEnded(f"service {service} has no intercept router running")
+        io = await PortForwardByteStream.open(conn, namespace=namespace, pod=pod, port=CONTROL_PORT)
+        session = Session(io, role=Role.CLIENT, keepalive_interval=2.0, keepalive_timeout=6.0)
+        session.start()
+        return cls(session, ControlChannel(session.control))
+
+    async def request(self, message: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """One request and its answer (the router answers in order)."""
+        async with self._lock:
+            self._next_id += 1
+            await self.control.send({**message, "id": self._next_id})
+            answer = await asyncio.wait_for(self.control.receive(), timeout)
+        if answer is None:
+            raise SessionClosed(self.session.close_reason or "the router closed the session")
+        return answer
+
+    async def close(self, reason: str = "") -> None:
+        await self.session.close(reason)
+
+
+class InterceptTunnel:
+    """Holds one intercept until cancelled or ended; see the module docstring."""
+
+    def __init__(
+        self,
+        conn: ClusterConnection,
+        *,
+        namespace: str,
+        service: str,
+        registration: Registration,
+        dial: Dial,
+        report: Report,
+        grace: float,
+    ) -> None:
+        self._conn = conn
+        self._namespace = namespace
+        self._service = service
+        self.registration = registration
+        self._dial = dial
+        self._report = report
+        self._grace = grace
+        self.ready = asyncio.Event()
+        self.routed = 0
+        self._current: RouterSession | None = None
+        self._leaving = False
+
+    async def run(self) -> None:
+        """Register, then serve and reconnect until cancelled; raises InterceptDenied/InterceptEnded."""
+        resume = False
+        lost_at: float | None = None
+        delay = 0.2
+        while True:
+            try:
+                router = await RouterSession.open(self._conn, namespace=self._namespace, service=self._service)
+            except (StreamError, OSError, InterceptEnded, ProtocolError, SessionClosed) as err:
+                if not resume:
+                    raise InterceptDenied(f"cannot reach the router of {self._service}: {err}") from err
+                router = None
+                error = str(err)
+            if router is not None:
+                try:
+                    answer = await router.request(self.registration.message(resume=resume))
+                except (TimeoutError, SessionClosed, ProtocolError, ConnectionError) as err:
+                    await router.close("no answer")
+                    router, error = None, f"no answer from the router: {err}"
+                else:
+                    if answer.get("op") != "intercepting":
+                        await router.close("denied")
+                        reason = str(answer.get("reason", answer))
+                        if resume:
+                            raise InterceptEnded(f"the intercept ended while disconnected: {reason}")
+                        raise InterceptDenied(reason)
+            if router is not None:
+                if resume:
+                    self._report(f"tunnel back; intercept {self.registration.name} resumed")
+                self._current = router
+                self.ready.set()
+                resume, lost_at, delay = True, None, 0.2
+                reason = await self._serve(router)
+                self._current = None
+                if self._leaving:
+                    return
+                self._report(f"tunnel lost ({reason}); requests go to the cluster's pods until it is back")
+                lost_at = time.monotonic()
+                continue
+            lost_at = lost_at or time.monotonic()
+            if time.monotonic() - lost_at > self._grace + 5:
+                raise InterceptEnded(
+                    f"could not reach the router for {self._grace:g}s+; the intercept has ended ({error})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _serve(self, router: RouterSession) -> str:
+        async with asyncio.TaskGroup() as tg:
+            watch = tg.create_task(self._watch_control(router))
+            try:
+                while True:
+                    stream = await router.session.accept()
+                    tg.create_task(self._carry(stream))
+            except (SessionClosed, ProtocolError, ConnectionError) as err:
+                watch.cancel()
+                with contextlib.suppress(Exception):
+                    await router.close()
+                return str(err) or "session closed"
+
+    async def _watch_control(self, router: RouterSession) -> None:
+        """The control channel has nothing to say between requests; its end ends the session."""
+        await router.session.wait_closed()
+
+    async def _carry(self, stream: Stream) -> None:
+        tunnel = TunnelConn(stream)
+        try:
+            header = json.loads(stream.header)
+            port = int(header["port"])
+        except (ValueError, KeyError, TypeError):
+            await tunnel.close()
+            return
+        self.routed += 1
+        try:
+            reader, writer = await self._dial(port)
+        except OSError as err:
+            self._report(f"a request for port {port} arrived, but the local process refused it: {err.strerror or err}")
+            stream.reset("the local process is not listening")
+            return
+        local = SocketConn(reader, writer)
+        try:
+            await pipe(tunnel, local)
+        finally:
+            await local.close()
+            await tunnel.close()
+
+    async def leave(self) -> int | None:
+        """End the intercept; the number of intercepts left on the router, None if it could not be told."""
+        self._leaving = True
+        router = self._current
+        opened = False
+        try:
+            if router is None or router.session.closed:
+                router = await RouterSession.open(self._conn, namespace=self._namespace, service=self._service)
+                opened = True
+            answer = await router.request(
+                {"op": "leave", "name": self.registration.name, "secret": self.registration.secret}
+            )
+        except (StreamError, OSError, InterceptEnded, ProtocolError, SessionClosed, TimeoutError):
+            return None
+        finally:
+            if opened and router is not None:
+                await router.close("left")
+        if answer.get("op") != "left":
+            return None
+        remaining = answer.get("remaining")
+        return int(remaining) if isinstance(remaining, int) else None

@@ -1,0 +1,220 @@
+"""`innerloop intercept`: personal and global intercepts on a real Service, and what they leave behind.
+
+Every test runs in a namespace that enforces the restricted Pod Security
+Standard, so the router pod passing it is part of each test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from innerloop.intercept.tunnel import RouterSession
+from innerloop.k8s.connection import ClusterConnection
+
+from .intercepts import (
+    InterceptProcess,
+    LocalApp,
+    RequestLoop,
+    deploy_echo,
+    leftovers,
+    pods_of,
+    request,
+    service_snapshot,
+)
+from .kube import Kube, eventually
+
+
+@pytest.fixture
+def restricted(kube: Kube, namespace: str) -> str:
+    kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    return namespace
+
+
+def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {
+        label: {where: n - before.get(label, {}).get(where, 0) for where, n in counts.items()}
+        for label, counts in after.items()
+    }
+
+
+def _only(delta: dict[str, int], where: str) -> bool:
+    return delta.get(where, 0) > 0 and all(n == 0 for w, n in delta.items() if w != where)
+
+
+def test_two_developers_share_a_service_without_a_failed_request(
+    innerloop_cli: list[str], kube: Kube, restricted: str, tmp_path: Path
+) -> None:
+    ns = restricted
+    ip = deploy_echo(kube, ns)
+    before = service_snapshot(kube, ns, "echo")
+    pods = pods_of(kube, ns, "echo")
+    alice, bob = LocalApp("alice"), LocalApp("bob")
+    headers = {"nobody": {}, "alice": {"x-dev": "alice"}, "bob": {"x-dev": "bob"}, "carol": {"x-dev": "carol"}}
+    loop = RequestLoop(ip, 80, headers)
+    try:
+        with loop.running():
+            time.sleep(1)
+            a = InterceptProcess.start(
+                innerloop_cli, "echo", "-n", ns, "--to", str(alice.port), "--header", "x-dev=alice",
+                "--name", "alice", state=tmp_path / "alice",
+            )  # fmt: skip
+            b = InterceptProcess.start(
+                innerloop_cli, "echo", "-n", ns, "--to", str(bob.port), "--header", "x-dev=bob",
+                "--name", "bob", state=tmp_path / "bob",
+            )  # fmt: skip
+            a.wait_for("intercepting svc/echo")
+            b.wait_for("intercepting svc/echo")
+            # kube-proxy moves new connections to the router within its sync period.
+            time.sleep(2)
+            start = loop.snapshot()
+            time.sleep(3)
+            both = _delta(loop.snapshot(), start)
+            assert _only(both["alice"], "alice"), both
+            assert _only(both["bob"], "bob"), both
+            assert _only(both["nobody"], "cluster"), both
+            assert _only(both["carol"], "cluster"), both
+            # One keep-alive connection, opened now, carries requests for both developers and the cluster.
+            conn = http.client.HTTPConnection(ip, 80, timeout=10)
+            seen = []
+            for who in ("alice", "bob", "nobody", "alice"):
+                conn.request("GET", "/mixed", headers=headers[who])
+                seen.append(json.loads(conn.getresponse().read())["where"])
+            conn.close()
+            assert seen == ["alice", "bob", "cluster", "alice"]
+
+            assert a.stop() == 0, a.output
+            assert "left; 1 other intercept(s)" in a.output, a.output
+            start = loop.snapshot()
+            time.sleep(2)
+            one = _delta(loop.snapshot(), start)
+            assert _only(one["alice"], "cluster"), one
+            assert _only(one["bob"], "bob"), one
+
+            assert b.stop() == 0, b.output
+            assert "selects its own pods again" in b.output, b.output
+            start = loop.snapshot()
+            time.sleep(2)
+            after = _delta(loop.snapshot(), start)
+            assert all(_only(counts, "cluster") for counts in after.values()), after
+        assert loop.failures == [], loop.failures[:10]
+        assert loop.keepalive_requests > 100
+    finally:
+        alice.close()
+        bob.close()
+    assert alice.requests and all(r.get("x-dev") == "alice" for r in alice.requests)
+    assert bob.requests and all(r.get("x-dev") == "bob" for r in bob.requests)
+    assert pods_of(kube, ns, "echo") == pods, "the target pods were restarted or replaced"
+    assert eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    assert service_snapshot(kube, ns, "echo") == before
+
+
+def test_a_killed_cli_gives_the_traffic_back_and_leaves_nothing(
+    innerloop_cli: list[str], kube: Kube, restricted: str, tmp_path: Path
+) -> None:
+    ns = restricted
+    ip = deploy_echo(kube, ns, target_port=8080, replicas=1)  # a numeric targetPort this time
+    before = service_snapshot(kube, ns, "echo")
+    app = LocalApp("mine")
+    try:
+        cli = InterceptProcess.start(
+            innerloop_cli, "echo", "-n", ns, "--to", str(app.port), "--header", "x-dev=me", "--grace", "3",
+            state=tmp_path,
+        )  # fmt: skip
+        cli.wait_for("intercepting svc/echo")
+        eventually(lambda: request(ip, 80, headers={"x-dev": "me"})["where"] == "mine", timeout_s=10)
+        assert service_snapshot(kube, ns, "echo") != before  # the selector points at the router now
+
+        killed = time.monotonic()
+        cli.proc.send_signal(signal.SIGKILL)
+        cli.proc.wait(10)
+
+        def back_in_cluster() -> bool:
+            try:
+                return request(ip, 80, headers={"x-dev": "me"})["where"] == "cluster"
+            except OSError:
+                return False
+
+        eventually(back_in_cluster, timeout_s=10, interval_s=0.05)
+        restored_after = time.monotonic() - killed
+        assert restored_after < 10
+    finally:
+        app.close()
+    # After the grace period the router restores the Service and removes itself and everything it made.
+    eventually(lambda: not leftovers(kube, ns), timeout_s=40)
+    assert service_snapshot(kube, ns, "echo") == before
+    assert request(ip, 80)["where"] == "cluster"
+
+
+def test_global_intercept_takes_all_traffic_and_another_session_cannot_take_it(
+    innerloop_cli: list[str], kube: Kube, restricted: str, tmp_path: Path
+) -> None:
+    ns = restricted
+    ip = deploy_echo(kube, ns, replicas=1)
+    app = LocalApp("mine")
+    try:
+        cli = InterceptProcess.start(
+            innerloop_cli, "echo", "-n", ns, "--to", str(app.port), "--global", "--name", "mine", state=tmp_path
+        )
+        cli.wait_for("intercepting svc/echo")
+        eventually(lambda: request(ip, 80)["where"] == "mine", timeout_s=10)
+        # A large body goes through the tunnel intact.
+        assert request(ip, 80, body=b"x" * (8 << 20))["received"] == 8 << 20
+
+        secret_file = next((tmp_path / "innerloop" / "intercepts").glob("*.json"))
+        assert secret_file.stat().st_mode & 0o077 == 0, "the secret file must be private"
+
+        async def intruder() -> list[dict[str, object]]:
+            conn = ClusterConnection.from_kubeconfig(kube.kubeconfig)
+            router = await RouterSession.open(conn, namespace=ns, service="echo")
+            try:
+                takeover = await router.request(
+                    {"op": "intercept", "name": "mine", "secret": "x" * 32, "owner": "mallory", "mode": "global"}
+                )
+                steal = await router.request(
+                    {"op": "intercept", "name": "m2", "secret": "y" * 32, "owner": "mallory", "mode": "global"}
+                )
+                close = await router.request({"op": "leave", "name": "mine", "secret": "x" * 32})
+                listing = await router.request({"op": "list"})
+            finally:
+                await router.close()
+            return [takeover, steal, close, listing]
+
+        takeover, steal, close, listing = asyncio.run(intruder())
+        assert takeover["op"] == "denied" and "held by another session" in str(takeover["reason"])
+        assert steal["op"] == "denied" and "global intercept" in str(steal["reason"])
+        assert close["op"] == "denied"
+        assert listing["op"] == "intercepts"
+        assert "secret" not in str(listing)
+        assert [i["name"] for i in listing["items"]] == ["mine"]  # type: ignore[union-attr, index]
+        # Still ours.
+        assert request(ip, 80)["where"] == "mine"
+        assert cli.proc.poll() is None
+
+        leave = subprocess_run([*innerloop_cli, "leave", "mine"], env_state=tmp_path)
+        assert leave.returncode == 0, leave.stdout + leave.stderr
+        assert cli.proc.wait(30) == 0, cli.output
+        assert "ended" in cli.output
+    finally:
+        app.close()
+    eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    assert request(ip, 80)["where"] == "cluster"
+
+
+def subprocess_run(argv: list[str], *, env_state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "XDG_STATE_HOME": str(env_state)},
+    )

@@ -29,6 +29,7 @@ import json, os, socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
     def do_GET(self):
         n = int(self.headers.get("Content-Length") or 0)
         data = self.rfile.read(n) if n else b""
@@ -88,7 +89,17 @@ def deploy_echo(kube: Kube, namespace: str, **kwargs: Any) -> str:
     name = kwargs.get("name", "echo")
     kube.apply(namespace, echo_manifest(kube.images["python"], **kwargs))
     kube.run("rollout", "status", "-n", namespace, f"deploy/{name}", "--timeout=90s", timeout=100)
-    return str(kube.get_json("svc", name, "-n", namespace)["spec"]["clusterIP"])
+    ip = str(kube.get_json("svc", name, "-n", namespace)["spec"]["clusterIP"])
+    # Rolled out is not yet reachable: kube-proxy programs the new endpoints on its next sync.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if request(ip, 80)["where"] == "cluster":
+                return ip
+        except (OSError, ValueError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
 
 
 def service_snapshot(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
@@ -128,6 +139,7 @@ class LocalApp:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # head and body are two writes: no delayed-ACK stall
 
             def do_GET(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
@@ -236,6 +248,7 @@ class RequestLoop:
         self._threads = [threading.Thread(target=self._one, args=(label,), daemon=True) for label in headers]
         self._threads.append(threading.Thread(target=self._keepalive, daemon=True))
         self._lock = threading.Lock()
+        self._started = time.monotonic()
 
     def _record(self, label: str, where: str) -> None:
         with self._lock:
@@ -246,7 +259,7 @@ class RequestLoop:
             try:
                 self._record(label, request(self.host, self.port, headers=self.headers[label])["where"])
             except (OSError, ValueError, http.client.HTTPException) as err:
-                self.failures.append(f"{label}: {type(err).__name__}: {err}")
+                self.failures.append(f"{self._at()} {label}: {type(err).__name__}: {err}")
             time.sleep(0.01)
 
     def _keepalive(self) -> None:
@@ -267,10 +280,13 @@ class RequestLoop:
                 json.loads(data)
                 self.keepalive_requests += 1
             except (OSError, ValueError, http.client.HTTPException) as err:
-                self.failures.append(f"keep-alive {label}: {type(err).__name__}: {err}")
+                self.failures.append(f"{self._at()} keep-alive {label}: {type(err).__name__}: {err}")
                 conn.close()
             time.sleep(0.01)
         conn.close()
+
+    def _at(self) -> str:
+        return f"t+{time.monotonic() - self._started:.2f}s"
 
     def snapshot(self) -> dict[str, Counter[str]]:
         with self._lock:
@@ -278,6 +294,7 @@ class RequestLoop:
 
     @contextmanager
     def running(self) -> Iterator[RequestLoop]:
+        self._started = time.monotonic()
         for thread in self._threads:
             thread.start()
         try:

@@ -166,7 +166,7 @@ class _ClientConnection:
             except IncompleteMessage:
                 return
             except HttpError as error:
-                await client.write(error_response(error.status, str(error)))
+                await self._reply_error(error.status, str(error))
                 return
             route = self.choose(request)
             if not await self._exchange(route, request):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -123,6 +124,10 @@ class PortForward:
     or a named container port. ``local_port=0`` lets the system choose; the
     chosen port is ``local_port`` once started, and stays for the forward's life.
 
+    ``sock`` is an already bound, listening TCP socket to serve instead of
+    binding ``address:local_port`` (``innerloop run`` creates its sockets
+    inside the command's network namespace); the forward closes it when done.
+
     ``on_event`` is called for state changes (listening, connected to a pod,
     re-targeted, waiting for a ready pod, a connection given up); it runs on
     the event loop and must not block or raise.
@@ -140,6 +145,7 @@ class PortForward:
         address: str = "127.0.0.1",
         retry_window_s: float = 10.0,
         on_event: Callable[[ForwardEvent], None] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         if (selector is None) == (service is None):
             raise ValueError("give a pod label selector or a service name (exactly one)")
@@ -153,6 +159,9 @@ class PortForward:
         self._selector = dict(selector) if selector is not None else None
         self._service = service
         self._address = address
+        self._sock = sock
+        if sock is not None:
+            self._address, self._requested_port = sock.getsockname()[:2]
         self._retry_window_s = retry_window_s
         self._on_event = on_event
 
@@ -204,9 +213,12 @@ class PortForward:
         if self._server is not None:
             return
         try:
-            self._server = await asyncio.start_server(
-                self._accept, host=self._address, port=self._requested_port, start_serving=False
-            )
+            if self._sock is not None:
+                self._server = await asyncio.start_server(self._accept, sock=self._sock, start_serving=False)
+            else:
+                self._server = await asyncio.start_server(
+                    self._accept, host=self._address, port=self._requested_port, start_serving=False
+                )
         except OSError as err:
             raise ForwardError(
                 f"cannot listen on {self._address}:{self._requested_port} for {self.target}: {err.strerror or err};"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import socket
 import sys
@@ -21,6 +22,8 @@ from innerloop.agent.match import HeaderRule, parse_rule
 from innerloop.cli.dev import explain, report
 from innerloop.config import ConfigError, find_config, load_config
 from innerloop.config.model import Intercept as ConfigIntercept
+from innerloop.connect.netns import NamespaceProcess
+from innerloop.connect.network import ClusterNetwork
 from innerloop.connect.run import RunError, command_env, fetch_context, materialize
 from innerloop.engine.up import Target, connect
 from innerloop.intercept.cluster import InterceptSetupError, clean
@@ -35,7 +38,7 @@ from innerloop.intercept.session import (
     start,
     wait_restored,
 )
-from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, RouterSession
+from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, InterceptTunnel, RouterSession
 from innerloop.k8s.rest import RawApi, RestError, object_path
 
 INTERCEPT_ERRORS = (InterceptSetupError, InterceptPlanError, InterceptDenied, InterceptEnded, RunError, ValueError)
@@ -194,7 +197,7 @@ def _entry(value: str) -> tuple[str, int]:
 
 async def _intercept(target: Target, request: InterceptRequest, options: _Options) -> int:
     started = time.monotonic()
-    process: asyncio.subprocess.Process | None = None
+    process: NamespaceProcess | None = None
     if options.command and request.default_local is None and not request.local_ports:
         request = dataclasses.replace(request, default_local=_free_port())
     tunnel, info = await start(target, request, report=report)
@@ -206,7 +209,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
     try:
         async with contextlib.AsyncExitStack() as stack:
             if options.command:
-                process = await _start_command(target, request, info.service, options.command, options.pod)
+                process = await _start_command(stack, target, request, tunnel, options)
             runner = asyncio.create_task(tunnel.run())
             ready = asyncio.create_task(tunnel.ready.wait())
             await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -236,7 +239,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             for task in pending:
                 task.cancel()
             await asyncio.gather(runner, *pending, return_exceptions=True)
-        if remaining == 0 or runner in done:
+        if remaining == 0:
             report(f"restoring svc/{request.service}")
             if await wait_restored(target, namespace=request.namespace, service=request.service):
                 report(f"svc/{request.service} selects its own pods again; the router is gone")
@@ -248,12 +251,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         forget(request.namespace, request.service, tunnel.registration.name)
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 5)
-            except TimeoutError:
-                process.kill()
+
     return code
 
 
@@ -295,22 +293,51 @@ def _free_port() -> int:
 
 
 async def _start_command(
-    target: Target, request: InterceptRequest, service: str, command: list[str], pod: str | None
-) -> asyncio.subprocess.Process:
+    stack: contextlib.AsyncExitStack,
+    target: Target,
+    request: InterceptRequest,
+    tunnel: InterceptTunnel,
+    options: _Options,
+) -> NamespaceProcess:
+    """The local process: the pod's env, ConfigMaps and Secrets, and the cluster's Services by name.
+
+    It runs in its own network namespace (:mod:`innerloop.connect.network`), so
+    the tunnel reaches its port through that namespace too.
+    """
     # The Service now selects the router; the original selector is on the shadow ("origin") Service.
     async with RawApi(target.conn) as api:
-        origin = await api.get(object_path("Service", request.namespace, origin_name(service)))
+        origin = await api.get(object_path("Service", request.namespace, origin_name(request.service)))
     selector = dict(((origin or {}).get("spec") or {}).get("selector") or {})
     name, context = await fetch_context(
-        target.conn, namespace=request.namespace, pod=pod, selector=None if pod else selector, container=None
+        target.conn,
+        namespace=request.namespace,
+        pod=options.pod,
+        selector=None if options.pod else selector,
+        container=None,
     )
     root = Path.cwd() / ".innerloop" / "run" / name
     mounts = materialize(context, root)
     env = command_env(context, mounts, root)
     local = request.default_local or next(iter(request.local_ports.values()))
     env["PORT"] = str(local)
-    report(f"starting {command[0]} with the context of {request.namespace}/{name}; PORT={local}")
-    return await asyncio.create_subprocess_exec(*command, env=env)
+    net = await stack.enter_async_context(ClusterNetwork.open(target.conn, namespace=request.namespace))
+    tunnel.dial = net.netns.dial
+    report(f"starting {options.command[0]} with the context of {request.namespace}/{name}; PORT={local}")
+    report(net.names.summary())
+    process = await net.netns.spawn(options.command, env=env, cwd=os.getcwd())
+    stack.push_async_callback(_stop, process)  # before the namespace closes
+    return process
+
+
+async def _stop(process: NamespaceProcess) -> None:
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 5)
+    except TimeoutError:
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
 
 
 @click.command()

@@ -145,13 +145,14 @@ def _tunnel(target: Target, request: InterceptRequest, info: RouterInfo, report:
     save_secret(request.namespace, request.service, registration)
 
     async def dial(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection("127.0.0.1", ports[port])
+        return await asyncio.open_connection("127.0.0.1", port)
 
     return InterceptTunnel(
         target.conn,
         namespace=request.namespace,
         service=request.service,
         registration=registration,
+        local_ports=ports,
         dial=dial,
         report=report,
         grace=request.grace,

@@ -125,6 +125,7 @@ class InterceptTunnel:
         namespace: str,
         service: str,
         registration: Registration,
+        local_ports: dict[int, int],
         dial: Dial,
         report: Report,
         grace: float,
@@ -133,7 +134,8 @@ class InterceptTunnel:
         self._namespace = namespace
         self._service = service
         self.registration = registration
-        self._dial = dial
+        self.local_ports = dict(local_ports)  # Service port -> local port
+        self.dial = dial  # local port -> connection; replaceable: a command in its own network namespace
         self._report = report
         self._grace = grace
         self.ready = asyncio.Event()
@@ -210,12 +212,13 @@ class InterceptTunnel:
         try:
             header = json.loads(stream.header)
             port = int(header["port"])
+            self.local_ports[port]
         except (ValueError, KeyError, TypeError):
             await tunnel.close()
             return
         self.routed += 1
         try:
-            reader, writer = await self._dial(port)
+            reader, writer = await self.dial(self.local_ports[port])
         except OSError as err:
             self._report(f"a request for port {port} arrived, but the local process refused it: {err.strerror or err}")
             stream.reset("the local process is not listening")

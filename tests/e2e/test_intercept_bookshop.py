@@ -1,0 +1,105 @@
+"""Hybrid development on the example app: two developers run their own backend locally at once.
+
+Each intercepts the cluster's `backend` with their own header value and runs
+a changed copy of backend/app.py as a local process (`intercept -- CMD`).
+Requests enter through the front end's Service, travel frontend -> api ->
+backend in the cluster, and the backend hop comes to the developer whose
+header the request carries. The local backend also calls the cluster's `api`
+Service by its DNS name, which only works through innerloop's per-process
+cluster network. A preview URL adds the header for a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+from innerloop.cluster.node import BundledCluster
+from innerloop.demo import build_example_images, deploy_example, example_dir
+
+from .intercepts import InterceptProcess, leftovers, service_snapshot
+from .kube import Kube, eventually
+
+# The local backend: the example's, greeting changed, and calling a cluster Service by name.
+LOCAL_BACKEND = """
+import json, os, sys, urllib.request
+sys.path.insert(0, {app!r})
+import app
+app.GREETING = {greeting!r}
+send = app.Handler._send
+def _send(self, status, body):
+    if self.path.startswith("/books"):
+        with urllib.request.urlopen("http://api:8080/healthz", timeout=5) as r:
+            body = dict(body, api_from_laptop=json.load(r), secret=os.environ.get("BACKEND_SECRET_FILE_SEEN"))
+    send(self, status, body)
+app.Handler._send = _send
+port = int(os.environ["PORT"])
+print(f"local backend on :{{port}}", flush=True)
+app.ThreadingHTTPServer(("127.0.0.1", port), app.Handler).serve_forever()
+"""
+
+
+def _chain(url: str, user: str | None) -> dict[str, object]:
+    headers = {"x-innerloop-user": user} if user else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+        chain = json.loads(resp.read())
+    backend: dict[str, object] = chain["via"][0]["via"][0]
+    return backend
+
+
+def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
+    bundled_cluster: BundledCluster, kube: Kube, namespace: str, tmp_path: Path
+) -> None:
+    app = example_dir()
+    deploy_example(bundled_cluster, app=app, namespace=namespace, tags=build_example_images(bundled_cluster, app))
+    before = service_snapshot(kube, namespace, "backend")
+    ip = kube.get_json("svc", "frontend", "-n", namespace)["spec"]["clusterIP"]
+    url = f"http://{ip}:8080/api.json"
+    eventually(lambda: _chain(url, None)["greeting"] == "hello from backend", timeout_s=30)
+    cli = [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "innerloop")]
+
+    devs = {}
+    for who in ("alice", "bob"):
+        script = tmp_path / f"{who}_backend.py"
+        script.write_text(LOCAL_BACKEND.format(app=str(app / "backend"), greeting=f"hello from {who}'s laptop"))
+        extra = ["--preview", "frontend:8080"] if who == "alice" else []
+        devs[who] = InterceptProcess.start(
+            cli, "backend", "-n", namespace, "--header", f"x-innerloop-user={who}", *extra,
+            "--", "python3", str(script), state=tmp_path / who,
+        )  # fmt: skip
+    try:
+        for dev in devs.values():
+            dev.wait_for("intercepting svc/backend")
+            dev.wait_for("local backend on")
+        time.sleep(1)  # kube-proxy's next sync moves new connections to the router
+        for who in ("alice", "bob"):
+            backend = eventually(lambda who=who: _chain(url, who), timeout_s=20)
+            assert backend["greeting"] == f"hello from {who}'s laptop", backend
+            assert backend["api_from_laptop"] == {"ok": True}, backend  # cluster Service by name, from the laptop
+        assert _chain(url, None)["greeting"] == "hello from backend"
+        assert _chain(url, "carol")["greeting"] == "hello from backend"
+
+        # The preview URL adds alice's header: a plain browser request reaches her backend.
+        devs["alice"].wait_for("preview: http://")
+        preview = re.search(r"preview: (http://\S+)", devs["alice"].output)
+        assert preview is not None
+        with urllib.request.urlopen(preview.group(1) + "api.json", timeout=10) as resp:
+            chain = json.loads(resp.read())
+        assert chain["via"][0]["via"][0]["greeting"] == "hello from alice's laptop"
+
+        assert devs["alice"].stop() == 0, devs["alice"].output
+        assert _chain(url, "alice")["greeting"] == "hello from backend"
+        assert _chain(url, "bob")["greeting"] == "hello from bob's laptop"
+        assert devs["bob"].stop() == 0, devs["bob"].output
+        assert "selects its own pods again" in devs["bob"].output
+    finally:
+        for who, dev in devs.items():
+            print(f"--- {who}:\n{dev.output}")  # shown when the test fails
+            if dev.proc.poll() is None:
+                dev.proc.kill()
+    assert eventually(lambda: not leftovers(kube, namespace), timeout_s=30)
+    assert service_snapshot(kube, namespace, "backend") == before
+    assert _chain(url, "bob")["greeting"] == "hello from backend"

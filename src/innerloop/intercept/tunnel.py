@@ -141,6 +141,7 @@ class InterceptTunnel:
         self.ready = asyncio.Event()
         self.routed = 0
         self._current: RouterSession | None = None
+        self._carrying: set[asyncio.Task[Any]] = set()
         self._leaving = False
 
     async def run(self) -> None:
@@ -208,6 +209,15 @@ class InterceptTunnel:
         await router.session.wait_closed()
 
     async def _carry(self, stream: Stream) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._carrying.add(task)
+        try:
+            await self._carry_stream(stream)
+        finally:
+            self._carrying.discard(task)
+
+    async def _carry_stream(self, stream: Stream) -> None:
         tunnel = TunnelConn(stream)
         try:
             header = json.loads(stream.header)
@@ -249,5 +259,8 @@ class InterceptTunnel:
                 await router.close("left")
         if answer.get("op") != "left":
             return None
+        if self._carrying:
+            # Requests routed here before the router took the leave in: answer them, don't cut them off.
+            await asyncio.wait(set(self._carrying), timeout=5.0)
         remaining = answer.get("remaining")
         return int(remaining) if isinstance(remaining, int) else None

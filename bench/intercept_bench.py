@@ -146,6 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--throughput-only", action="store_true", help="only the tunnel vs kubectl POSTs")
     args = parser.parse_args()
     info = BundledCluster(report=print).info()
     if info is None:
@@ -165,7 +166,7 @@ def main() -> None:
         direct_ka = timed_gets(ip, 80, args.requests, {}, keepalive=True)
 
         setups, restores = [], []
-        for _ in range(args.runs):
+        for _ in range(0 if args.throughput_only else args.runs):
             started = time.monotonic()
             cli = InterceptProcess.start(
                 CLI, "echo", "-n", ns, "--to", str(local.port), "--header", "x-dev=bench", "--grace", "3", state=state
@@ -191,6 +192,8 @@ def main() -> None:
         mine.wait_for("intercepting svc/echo")
         until(lambda: request(ip, 80, headers={"x-dev": "bench"})["where"] == "local", 30)
         time.sleep(2)
+        if args.throughput_only:
+            args.requests = 100
         timed_gets(ip, 80, 50, {}, keepalive=False)
         passthrough = timed_gets(ip, 80, args.requests, {}, keepalive=False)
         passthrough_ka = timed_gets(ip, 80, args.requests, {}, keepalive=True)
@@ -200,7 +203,7 @@ def main() -> None:
         pid = router_pid(ns)
         before = cpu_seconds(pid)
         started = time.monotonic()
-        served = asyncio.run(load(ip, 80, 10.0, 32))
+        served = asyncio.run(load(ip, 80, 1.0 if args.throughput_only else 10.0, 32))
         wall = time.monotonic() - started
         used = cpu_seconds(pid) - before
         results["passthrough_rps"] = served / wall
@@ -252,8 +255,8 @@ def main() -> None:
         "tunnel_vs_kubectl": tunnel_mib_s / kubectl_mib_s,
     }
     print()
-    print(f"set-up (command to first request routed locally): {', '.join(f'{s:.2f}' for s in setups)} s")
-    print(f"SIGKILL of the CLI to traffic back on the pods: {', '.join(f'{s:.2f}' for s in restores)} s")
+    print(f"set-up (command to first request routed locally): {', '.join(f'{x:.2f}' for x in setups)} s")
+    print(f"SIGKILL of the CLI to traffic back on the pods: {', '.join(f'{x:.2f}' for x in restores)} s")
     print(f"pass-through adds {added:.2f} ms at p50 (new connection), {added_ka:.2f} ms (keep-alive)")
     print(
         f"tunnel throughput: {tunnel_mib_s:.1f} MiB/s vs kubectl port-forward {kubectl_mib_s:.1f} MiB/s"

@@ -436,9 +436,9 @@ async def run_router(config: RouterConfig) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    servers = [await asyncio.start_server(router.handle_control, "127.0.0.1", config.control_port)]
-    for route in config.ports:
-        servers.append(await asyncio.start_server(router.handler(route), None, route.listen))
+    # Data ports first: a CLI that could register (control port) may switch the Service at once.
+    servers = [await asyncio.start_server(router.handler(route), None, route.listen) for route in config.ports]
+    servers.append(await asyncio.start_server(router.handle_control, "127.0.0.1", config.control_port))
     log(
         f"routing service {config.namespace}/{config.service} ports "
         + ", ".join(f"{r.port}->:{r.listen} (origin {r.origin_host}:{r.origin_port})" for r in config.ports)

@@ -17,6 +17,7 @@ the cluster already builds, so no extra download is needed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -113,8 +114,26 @@ def _with_parents(entries: list[FileEntry]) -> list[FileEntry]:
     return [*entries, *(FileEntry.directory(d) for d in sorted(dirs))]
 
 
+def _source_key(python_archive: Path, entries: list[FileEntry]) -> str:
+    """What the image is made of, hashed cheaply: the base and the agent's sources (not the bytecode)."""
+    digest = hashlib.sha256(python_archive.name.encode())
+    digest.update(repr((runtime_command(IMAGE_ROOT), runtime_env(IMAGE_ROOT))).encode())
+    for entry in entries:
+        digest.update(entry.path.encode() + b"\0" + hashlib.sha256(entry.data).digest())
+    return digest.hexdigest()[:24]
+
+
 def build_agent_image(*, python_archive: Path, out_dir: Path) -> BuiltImage:
     package_root = Path(__file__).resolve().parents[1]
+    sources = agent_entries(package_root)
+    # Rebuilding an unchanged image costs ~1 s (bytecode, hashing the runtime layer):
+    # a note per source hash says which tag those sources became.
+    note = out_dir / f"agent-src-{_source_key(python_archive, sources)}.tag"
+    if note.exists():
+        tag = note.read_text().strip()
+        archive = out_dir / f"agent-{tag.rsplit(':', 1)[1]}.tar"
+        if archive.exists():
+            return BuiltImage(tag=tag, archive=archive)
     # The runtime layer depends only on the Python image: compile it once.
     cached = out_dir / f"agent-runtime-{python_archive.stem}.tar"
     if not cached.exists():
@@ -123,7 +142,7 @@ def build_agent_image(*, python_archive: Path, out_dir: Path) -> BuiltImage:
         tmp.write_bytes(layer_from_entries(_with_parents(with_bytecode(runtime_entries(python_archive)))))
         tmp.replace(cached)
     runtime = cached.read_bytes()
-    agent = layer_from_entries(_with_parents(with_bytecode(agent_entries(package_root))))
+    agent = layer_from_entries(_with_parents(with_bytecode(sources)))
     config = ImageConfig(
         entrypoint=runtime_command(IMAGE_ROOT),
         env=runtime_env(IMAGE_ROOT),
@@ -135,4 +154,7 @@ def build_agent_image(*, python_archive: Path, out_dir: Path) -> BuiltImage:
     archive = out_dir / f"agent-{tag.rsplit(':', 1)[1]}.tar"
     if not archive.exists():
         write_archive(archive, tag=tag, layers=layers, config=config)
+    tmp_note = note.with_suffix(f".{os.getpid()}.tmp")
+    tmp_note.write_text(tag)
+    tmp_note.replace(note)
     return BuiltImage(tag=tag, archive=archive)

@@ -36,6 +36,7 @@ from innerloop.intercept.session import (
     forget,
     saved_intercepts,
     start,
+    switch,
     wait_restored,
 )
 from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, InterceptTunnel, RouterSession
@@ -215,6 +216,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
             if runner.done():
                 runner.result()  # raises why it could not register
+            await switch(target, request)
             ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(_targets(request, info.ports).items()))
             what = "all traffic" if request.mode == "global" else f"requests with {_describe(request.rules)}"
             report(

@@ -77,7 +77,8 @@ async def ensure_router(
     report: Report,
     timeout: float = 60.0,
 ) -> RouterInfo:
-    """The Service's router, ready and receiving the Service's traffic: joined, or created."""
+    """The Service's router, running: joined, or created. The caller switches the Service to it
+    (:func:`switch_service`) once it could register, so no request meets a router not yet listening."""
     deadline = time.monotonic() + timeout
     while True:
         svc = await api.get(object_path("Service", namespace, service))
@@ -109,13 +110,18 @@ async def ensure_router(
             else:
                 report(f"{service}: router created")
                 await wait_router_ready(api, namespace=namespace, service=service, deadline=deadline)
-                await _switch_service(api, svc)
                 return RouterInfo(service=service, namespace=namespace, ports=ports, created=True)
         await wait_router_ready(api, namespace=namespace, service=service, deadline=deadline)
-        svc = await api.get(object_path("Service", namespace, service))
-        if svc is not None and selector_of(svc) != router_selector(service):
-            await _switch_service(api, svc)  # its creator died before switching
         return RouterInfo(service=service, namespace=namespace, ports=ports, created=False)
+
+
+async def switch_service(api: RawApi, *, namespace: str, service: str) -> None:
+    """Point the Service at its router (once a registration proved the router listens); idempotent."""
+    svc = await api.get(object_path("Service", namespace, service))
+    if svc is None:
+        raise InterceptSetupError(f"service {namespace}/{service} was deleted")
+    if selector_of(svc) != router_selector(service):
+        await _switch_service(api, svc)
 
 
 async def _create_router(api: RawApi, svc: dict[str, Any], *, image: str, grace: float) -> None:

@@ -5,7 +5,10 @@ For a Service ``S`` the first intercept creates, all labelled
 
 - ``S-il-origin``: a shadow Service with S's original selector and ports:
   where the router sends everything it does not intercept;
-- ``S-il-router``: the router's Deployment (agent image, ``route`` command),
+- ``S-il-router``: the router's Deployment (agent image, ``route`` command;
+  no readiness probe: a probe's first success lands up to a period after
+  the start, and the CLI proves the router listens by registering through
+  it before the Service is switched),
   restricted Pod Security: non-root, read-only root filesystem, no
   capabilities, no privilege escalation. Ports below 1024 are bound through
   the namespaced, PSS-allowed sysctl ``net.ipv4.ip_unprivileged_port_start``,
@@ -249,17 +252,12 @@ def router_deployment(service: str, namespace: str, ports: Sequence[PortPlan], *
                             "imagePullPolicy": "IfNotPresent",
                             "args": ["route", "--config", f"{CONFIG_DIR}/config.json"],
                             "ports": container_ports,
-                            "readinessProbe": {
-                                "tcpSocket": {"port": ports[0].listen},
-                                "periodSeconds": 1,
-                                "initialDelaySeconds": 0,
-                            },
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
                                 "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
-                            "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "128Mi"}},
+                            "resources": {"requests": {"cpu": "10m", "memory": "24Mi"}, "limits": {"memory": "256Mi"}},
                             "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
                         }
                     ],

@@ -33,7 +33,7 @@ from innerloop.agent.restore import selector_of
 from innerloop.build.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
 from innerloop.engine.up import Target
-from innerloop.intercept.cluster import RouterInfo, ensure_router
+from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service
 from innerloop.intercept.plan import router_name, router_selector
 from innerloop.intercept.tunnel import InterceptTunnel, Registration
 from innerloop.k8s.rest import RawApi, object_path
@@ -157,6 +157,11 @@ def _tunnel(target: Target, request: InterceptRequest, info: RouterInfo, report:
         report=report,
         grace=request.grace,
     )
+
+
+async def switch(target: Target, request: InterceptRequest) -> None:
+    async with RawApi(target.conn) as api:
+        await switch_service(api, namespace=request.namespace, service=request.service)
 
 
 async def wait_restored(target: Target, *, namespace: str, service: str, timeout: float = 30.0) -> bool:

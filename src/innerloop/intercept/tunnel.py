@@ -148,12 +148,13 @@ class InterceptTunnel:
         """Register, then serve and reconnect until cancelled; raises InterceptDenied/InterceptEnded."""
         resume = False
         lost_at: float | None = None
-        delay = 0.2
+        delay = 0.05
+        first_deadline = time.monotonic() + 15  # a router that just started may not listen yet
         while True:
             try:
                 router = await RouterSession.open(self._conn, namespace=self._namespace, service=self._service)
             except (StreamError, OSError, InterceptEnded, ProtocolError, SessionClosed) as err:
-                if not resume:
+                if not resume and time.monotonic() > first_deadline:
                     raise InterceptDenied(f"cannot reach the router of {self._service}: {err}") from err
                 router = None
                 error = str(err)
@@ -182,6 +183,9 @@ class InterceptTunnel:
                     return
                 self._report(f"tunnel lost ({reason}); requests go to the cluster's pods until it is back")
                 lost_at = time.monotonic()
+                continue
+            if not resume:
+                await asyncio.sleep(delay)
                 continue
             lost_at = lost_at or time.monotonic()
             if time.monotonic() - lost_at > self._grace + 5:

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: stream windows of 4 MiB
 
 ProcessState: TypeAlias = Literal["running", "exited", "restarting"]
 PROCESS_STATES: tuple[ProcessState, ...] = ("running", "exited", "restarting")

@@ -18,7 +18,7 @@ from innerloop.agent.server import AgentServer
 from innerloop.agent.supervisor import ChildReaper, Supervisor
 from innerloop.protocol.client import AgentClient, AgentDenied, AgentError, FileUpload, SyncBatch
 from innerloop.protocol.frames import Frame, FrameDecoder, Kind, encode
-from innerloop.protocol.messages import Event, FileMeta, Hello, encode_message
+from innerloop.protocol.messages import PROTOCOL_VERSION, Event, FileMeta, Hello, encode_message
 from innerloop.protocol.session import SessionClosed
 from innerloop.protocol.transport import memory_pipe
 
@@ -114,7 +114,7 @@ def test_welcome_describes_the_agent() -> None:
         async with agent(SLEEPER) as (_server, connect):
             client = await connect()
             assert client.welcome.command == SLEEPER
-            assert client.welcome.version == 1
+            assert client.welcome.version == PROTOCOL_VERSION
             assert client.welcome.started_at > 0
             await client.close()
 

@@ -80,7 +80,7 @@ def test_events_carry_a_null_id() -> None:
 
 def test_hello_defaults_to_this_protocol_version_and_hides_the_token() -> None:
     hello = Hello(token="s3cret")
-    assert hello.version == PROTOCOL_VERSION == 1
+    assert hello.version == PROTOCOL_VERSION == 2
     assert "s3cret" not in repr(hello)
 
 

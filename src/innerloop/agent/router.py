@@ -6,12 +6,12 @@ For every connection on a Service port the router decides where it goes:
 
 - a *global* intercept takes the whole connection, whatever the protocol;
 - otherwise HTTP/1.1 is routed request by request
-  (:func:`innerloop.agent.routing.serve_http1`): a request whose headers
-  match an attached personal intercept goes through that developer's
-  tunnel, every other one to the *origin*, a shadow Service with the
-  original selector;
-- anything else (HTTP/2 prior knowledge, other TCP) goes to the origin as
-  raw bytes.
+  (:func:`innerloop.agent.routing.serve_http1`) and HTTP/2 with prior
+  knowledge (h2c, what gRPC speaks inside a cluster) stream by stream
+  (:func:`innerloop.agent.h2.serve_h2`): a request whose headers match an
+  attached personal intercept goes through that developer's tunnel, every
+  other one to the *origin*, a shadow Service with the original selector;
+- anything else (other TCP) goes to the origin as raw bytes.
 
 Developers reach the router through a port-forward to its control port
 (loopback only) and speak the protocol session of :mod:`innerloop.protocol`:
@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from innerloop.agent.h2 import serve_h2
 from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, pipe, sniff
 from innerloop.agent.intercepts import MODES, InterceptRefused, Mode, Registry
 from innerloop.agent.kubeapi import InClusterApi, KubeError
@@ -231,12 +232,28 @@ class Router:
                 on_exchange=self._count,
             )
             return
+        if kind == "h2c":
+
+            def choose_stream(headers: list[tuple[bytes, bytes]]) -> Hashable:
+                return self.registry.personal_for(route.port, headers) or ORIGIN
+
+            await serve_h2(
+                buffered,
+                choose=choose_stream,
+                connect=lambda key: self._connect(route, str(key)),
+                draining=self._draining,
+                on_exchange=lambda key, _status: self._tally(key),
+            )
+            return
         upstream = await self._connect(route, ORIGIN)
         if first:
             await upstream.write(first)
         await pipe(client, upstream)
 
     def _count(self, key: Hashable, head: RequestHead, status: int) -> None:
+        self._tally(key)
+
+    def _tally(self, key: Hashable) -> None:
         self.stats["origin" if key == ORIGIN else "local"] += 1
 
     async def _connect(self, route: PortRoute, key: str) -> Conn:

@@ -172,12 +172,25 @@ class InterceptProcess:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, cli: list[str], *args: str, state: Path, kubeconfig: Path | None = None) -> InterceptProcess:
-        env = {**os.environ, "XDG_STATE_HOME": str(state)}
+    def start(
+        cls,
+        cli: list[str],
+        *args: str,
+        state: Path,
+        kubeconfig: Path | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> InterceptProcess:
+        environ = {**os.environ, **(env or {}), "XDG_STATE_HOME": str(state)}
         if kubeconfig is not None:
-            env["KUBECONFIG"] = str(kubeconfig)
+            environ["KUBECONFIG"] = str(kubeconfig)
         proc = subprocess.Popen(
-            [*cli, "intercept", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            [*cli, "intercept", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=environ,
+            cwd=cwd,
         )
         me = cls(proc)
         threading.Thread(target=me._read, daemon=True).start()

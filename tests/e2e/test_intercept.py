@@ -58,7 +58,13 @@ def test_two_developers_share_a_service_without_a_failed_request(
     before = service_snapshot(kube, ns, "echo")
     pods = pods_of(kube, ns, "echo")
     alice, bob = LocalApp("alice"), LocalApp("bob")
-    headers = {"nobody": {}, "alice": {"x-dev": "alice"}, "bob": {"x-dev": "bob"}, "carol": {"x-dev": "carol"}}
+    # bob matches on a member of the W3C baggage header, among others, with a property.
+    headers = {
+        "nobody": {},
+        "alice": {"x-dev": "alice"},
+        "bob": {"baggage": "tenant=acme, dev=bob;ttl=5"},
+        "carol": {"x-dev": "carol", "baggage": "dev=carol"},
+    }
     loop = RequestLoop(ip, 80, headers)
     try:
         with loop.running():
@@ -68,7 +74,7 @@ def test_two_developers_share_a_service_without_a_failed_request(
                 "--name", "alice", state=tmp_path / "alice",
             )  # fmt: skip
             b = InterceptProcess.start(
-                innerloop_cli, "echo", "-n", ns, "--to", str(bob.port), "--header", "x-dev=bob",
+                innerloop_cli, "echo", "-n", ns, "--to", str(bob.port), "--header", "baggage[dev]=bob",
                 "--name", "bob", state=tmp_path / "bob",
             )  # fmt: skip
             a.wait_for("intercepting svc/echo")
@@ -111,7 +117,7 @@ def test_two_developers_share_a_service_without_a_failed_request(
         alice.close()
         bob.close()
     assert alice.requests and all(r.get("x-dev") == "alice" for r in alice.requests)
-    assert bob.requests and all(r.get("x-dev") == "bob" for r in bob.requests)
+    assert bob.requests and all("dev=bob" in r.get("baggage", "") for r in bob.requests)
     assert pods_of(kube, ns, "echo") == pods, "the target pods were restarted or replaced"
     assert eventually(lambda: not leftovers(kube, ns), timeout_s=30)
     assert service_snapshot(kube, ns, "echo") == before
@@ -218,3 +224,43 @@ def subprocess_run(argv: list[str], *, env_state: Path) -> subprocess.CompletedP
         timeout=60,
         env={**os.environ, "XDG_STATE_HOME": str(env_state)},
     )
+
+
+def test_a_cut_tunnel_resumes_by_itself_and_clean_ends_everything_at_once(
+    innerloop_cli: list[str], kube: Kube, restricted: str, tmp_path: Path
+) -> None:
+    ns = restricted
+    ip = deploy_echo(kube, ns, replicas=1)
+    before = service_snapshot(kube, ns, "echo")
+    app = LocalApp("mine")
+
+    def served_by() -> str:
+        return str(request(ip, 80, headers={"x-dev": "me"})["where"])
+
+    try:
+        cli = InterceptProcess.start(
+            innerloop_cli, "echo", "-n", ns, "--to", str(app.port), "--header", "x-dev=me", "--grace", "60",
+            state=tmp_path,
+        )  # fmt: skip
+        cli.wait_for("intercepting svc/echo")
+        eventually(lambda: served_by() == "mine", timeout_s=10)
+        # A laptop that sleeps: the router misses its keepalives, detaches the intercept, and the
+        # cluster's pods serve its requests meanwhile.
+        cli.proc.send_signal(signal.SIGSTOP)
+        eventually(lambda: served_by() == "cluster", timeout_s=20)
+        cli.proc.send_signal(signal.SIGCONT)
+        eventually(lambda: served_by() == "mine", timeout_s=20)
+        cli.wait_for("resumed")
+
+        # A crash with a long grace period: `innerloop clean` ends it now.
+        cli.proc.send_signal(signal.SIGKILL)
+        cli.proc.wait(10)
+        cleaned = subprocess_run([*innerloop_cli, "clean", "-n", ns], env_state=tmp_path)
+        assert cleaned.returncode == 0, cleaned.stderr
+        assert "echo: selector restored" in cleaned.stderr
+        assert served_by() == "cluster"
+    finally:
+        app.close()
+    eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    assert service_snapshot(kube, ns, "echo") == before
+    assert not list((tmp_path / "innerloop" / "intercepts").glob("*.json")), "clean forgets the local secrets"

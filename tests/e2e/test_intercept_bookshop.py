@@ -20,6 +20,7 @@ from pathlib import Path
 from innerloop.cluster.node import BundledCluster
 from innerloop.demo import build_example_images, deploy_example, example_dir
 
+from .bookshop import copy_bookshop
 from .intercepts import InterceptProcess, leftovers, service_snapshot
 from .kube import Kube, eventually
 
@@ -61,24 +62,34 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
     eventually(lambda: _chain(url, None)["greeting"] == "hello from backend", timeout_s=30)
     cli = [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "innerloop")]
 
-    devs = {}
-    for who in ("alice", "bob"):
-        script = tmp_path / f"{who}_backend.py"
-        script.write_text(LOCAL_BACKEND.format(app=str(app / "backend"), greeting=f"hello from {who}'s laptop"))
-        extra = ["--preview", "frontend:8080"] if who == "alice" else []
-        devs[who] = InterceptProcess.start(
-            cli, "backend", "-n", namespace, "--header", f"x-innerloop-user={who}", *extra,
-            "--", "python3", str(script), state=tmp_path / who,
-        )  # fmt: skip
+    # alice says it all in flags; bob types `innerloop intercept backend` in his copy of the project,
+    # whose innerloop.yaml says the rest (his $USER as the header, backend/app.py, the preview URL).
+    script = tmp_path / "alice_backend.py"
+    script.write_text(LOCAL_BACKEND.format(app=str(app / "backend"), greeting="hello from alice's laptop"))
+    project, _ = copy_bookshop(tmp_path / "bob-project")
+    bob_app = project / "backend" / "app.py"
+    bob_app.write_text(
+        bob_app.read_text().replace('GREETING = "hello from backend"', 'GREETING = "hello from bob\'s laptop"')
+    )
+    devs = {
+        "alice": InterceptProcess.start(
+            cli, "backend", "-n", namespace, "--header", "x-innerloop-user=alice", "--preview", "frontend:8080",
+            "--", "python3", str(script), state=tmp_path / "alice",
+        ),
+        "bob": InterceptProcess.start(
+            cli, "backend", "-n", namespace, state=tmp_path / "bob", cwd=project, env={"USER": "bob", "LOGNAME": "bob"}
+        ),
+    }  # fmt: skip
     try:
         for dev in devs.values():
             dev.wait_for("intercepting svc/backend")
-            dev.wait_for("local backend on")
+            dev.wait_for("backend listening on" if dev is devs["bob"] else "local backend on")
         time.sleep(1)  # kube-proxy's next sync moves new connections to the router
         for who in ("alice", "bob"):
             backend = eventually(lambda who=who: _chain(url, who), timeout_s=20)
             assert backend["greeting"] == f"hello from {who}'s laptop", backend
-            assert backend["api_from_laptop"] == {"ok": True}, backend  # cluster Service by name, from the laptop
+        alice_backend = _chain(url, "alice")
+        assert alice_backend["api_from_laptop"] == {"ok": True}, alice_backend  # a cluster Service by name
         assert _chain(url, None)["greeting"] == "hello from backend"
         assert _chain(url, "carol")["greeting"] == "hello from backend"
 
@@ -89,6 +100,8 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
         with urllib.request.urlopen(preview.group(1) + "api.json", timeout=10) as resp:
             chain = json.loads(resp.read())
         assert chain["via"][0]["via"][0]["greeting"] == "hello from alice's laptop"
+        devs["bob"].wait_for("preview: http://")  # from innerloop.yaml
+        assert "x-innerloop-user=bob" in devs["bob"].output
 
         assert devs["alice"].stop() == 0, devs["alice"].output
         assert _chain(url, "alice")["greeting"] == "hello from backend"

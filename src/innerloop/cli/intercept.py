@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
 import signal
 import socket
 import sys
@@ -124,11 +123,15 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
     if global_mode and headers:
         raise click.UsageError("--global takes all traffic; --header is for personal intercepts")
     try:
-        configured, project_ns = _configured(service, config_file)
+        configured, project_ns, project_root = _configured(service, config_file)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+    workdir = Path.cwd()
+    preview_port = 0
     if configured is not None:
+        workdir = project_root or workdir
+        preview_port = (configured.preview.local or 0) if configured.preview else 0
         service = configured.service or service
         global_mode = global_mode or (configured.mode == "global" and not headers)
         headers = headers or tuple(configured.headers)
@@ -159,7 +162,9 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
         name=name,
         grace=grace,
     )
-    options = _Options(command=list(command), pod=pod, preview=preview, share=share)
+    options = _Options(
+        command=list(command), pod=pod, preview=preview, preview_port=preview_port, share=share, workdir=workdir
+    )
     try:
         code = asyncio.run(_intercept(target, request, options))
     except Exception as err:
@@ -173,20 +178,22 @@ class _Options:
     command: list[str]
     pod: str | None
     preview: tuple[str, int] | None
+    preview_port: int
     share: bool
+    workdir: Path  # where the command runs: the project's folder when it comes from innerloop.yaml
 
 
-def _configured(name: str, config_file: str | None) -> tuple[ConfigIntercept | None, str | None]:
-    """The `intercepts:` entry NAME of innerloop.yaml (and the project's namespace), if there is one."""
+def _configured(name: str, config_file: str | None) -> tuple[ConfigIntercept | None, str | None, Path | None]:
+    """The `intercepts:` entry NAME of innerloop.yaml, the project's namespace and folder, if there is one."""
     if config_file is not None:
         path = Path(config_file)
     else:
         try:
             path = find_config(Path.cwd())
         except ConfigError:
-            return None, None  # no project here: flags only
+            return None, None, None  # no project here: flags only
     project = load_config(path)
-    return project.intercepts.get(name), project.namespace
+    return project.intercepts.get(name), project.namespace, path.resolve().parent
 
 
 def _entry(value: str) -> tuple[str, int]:
@@ -317,7 +324,7 @@ async def _start_command(
         selector=None if options.pod else selector,
         container=None,
     )
-    root = Path.cwd() / ".innerloop" / "run" / name
+    root = options.workdir / ".innerloop" / "run" / name
     mounts = materialize(context, root)
     env = command_env(context, mounts, root)
     local = request.default_local or next(iter(request.local_ports.values()))
@@ -326,7 +333,7 @@ async def _start_command(
     tunnel.dial = net.netns.dial
     report(f"starting {options.command[0]} with the context of {request.namespace}/{name}; PORT={local}")
     report(net.names.summary())
-    process = await net.netns.spawn(options.command, env=env, cwd=os.getcwd())
+    process = await net.netns.spawn(options.command, env=env, cwd=str(options.workdir))
     stack.push_async_callback(_stop, process)  # before the namespace closes
     return process
 

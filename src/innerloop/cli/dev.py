@@ -14,16 +14,16 @@ from typing import Any
 
 import aiohttp
 import click
-import httpx2 as httpx
-from lightkube import ApiError
 
+from innerloop.cli.output import explain_error, report
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import AlreadyRunning, socket_path
 from innerloop.engine.plan import PlanError
-from innerloop.engine.up import DevLoop, UpError, connect, down
+from innerloop.engine.target import UpError, connect
+from innerloop.engine.up import DevLoop, down
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.logs.lines import LogLine, color_index, format_line
 
@@ -41,28 +41,7 @@ USER_ERRORS = (
 
 def explain(err: BaseException) -> str | None:
     """One actionable line for errors from the cluster or the network, or None for bugs."""
-    if isinstance(err, USER_ERRORS):
-        return str(err)
-    if isinstance(err, ApiError):
-        if err.status.code == 403:
-            return (
-                f"the cluster refused: {err.status.message}. innerloop needs the namespaced Role in "
-                "docs/RBAC.md (docs/rbac/innerloop-developer.yaml) bound to you in this namespace"
-            )
-        if err.status.code == 401:
-            return f"the cluster does not accept your credentials ({err.status.message}): check your kubeconfig"
-        return f"the cluster answered {err.status.code}: {err.status.message}"
-    if isinstance(err, (httpx.TransportError, OSError)):
-        return (
-            f"cannot reach the cluster: {err}. Check KUBECONFIG and that the cluster runs "
-            "(with no kubeconfig, innerloop starts its bundled cluster)"
-        )
-    if isinstance(err, BaseExceptionGroup):
-        for inner in err.exceptions:
-            found = explain(inner)
-            if found is not None:
-                return found
-    return None
+    return explain_error(err, USER_ERRORS)
 
 
 def _fail(err: BaseException) -> None:
@@ -71,10 +50,6 @@ def _fail(err: BaseException) -> None:
         raise err
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
-
-
-def report(message: str) -> None:
-    click.echo(click.style("innerloop ", fg="bright_black") + message, err=True)
 
 
 def _config(path: str | None) -> Path:

@@ -18,13 +18,14 @@ import click
 
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule, parse_rule
-from innerloop.cli.dev import explain, report
+from innerloop.cli.output import explain_error, report
+from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config, load_config
 from innerloop.config.model import Intercept as ConfigIntercept
 from innerloop.connect.netns import NamespaceProcess
 from innerloop.connect.network import ClusterNetwork
 from innerloop.connect.run import RunError, command_env, fetch_context, materialize
-from innerloop.engine.up import Target, connect
+from innerloop.engine.target import Target, UpError, connect
 from innerloop.intercept.cluster import InterceptSetupError, clean
 from innerloop.intercept.plan import InterceptPlanError, origin_name
 from innerloop.intercept.preview import Preview, preview_headers
@@ -39,6 +40,7 @@ from innerloop.intercept.session import (
     wait_restored,
 )
 from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, InterceptTunnel, RouterSession
+from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.k8s.rest import RawApi, RestError, object_path
 
 INTERCEPT_ERRORS = (InterceptSetupError, InterceptPlanError, InterceptDenied, InterceptEnded, RunError, ValueError)
@@ -56,7 +58,7 @@ def _fail(err: BaseException) -> None:
     elif isinstance(err, INTERCEPT_ERRORS):
         message = str(err)
     else:
-        found = explain(err)
+        found = explain_error(err, (ConfigError, UpError, ClusterUnreachable, StepFailed))
         if found is None:
             raise err
         message = found

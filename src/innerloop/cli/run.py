@@ -23,13 +23,14 @@ from pathlib import Path
 
 import click
 
-from innerloop.cli.dev import explain, report
+from innerloop.cli.output import explain_error, report
+from innerloop.cluster.progress import StepFailed
 from innerloop.connect.netns import NamespaceError
 from innerloop.connect.network import ClusterNetwork
 from innerloop.connect.run import RunError, command_env, fetch_context, materialize
-from innerloop.engine.up import connect
+from innerloop.engine.target import UpError, connect
 from innerloop.forward.forward import ForwardEvent
-from innerloop.k8s.connection import ClusterConnection, default_kubeconfig
+from innerloop.k8s.connection import ClusterConnection, ClusterUnreachable, default_kubeconfig
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -79,7 +80,7 @@ def run(
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     except Exception as err:
-        message = explain(err)
+        message = explain_error(err, (UpError, ClusterUnreachable, StepFailed))
         if message is None:
             raise
         click.echo(f"error: {message}", err=True)

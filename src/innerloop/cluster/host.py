@@ -36,6 +36,9 @@ DEBIAN_PACKAGES = (
     "libc6-dev",
     "iproute2",
     "mount",
+    # Not the cluster's: `innerloop run`/`intercept` give the local command outbound network with it
+    # when present (optional for users); installed here so the tests on this machine exercise it.
+    "slirp4netns",
 )
 
 # Places outside the state directory that containerd, CNI and the kubelet

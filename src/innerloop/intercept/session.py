@@ -32,7 +32,7 @@ from innerloop.agent.match import HeaderRule
 from innerloop.agent.restore import selector_of
 from innerloop.build.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
-from innerloop.engine.up import Target
+from innerloop.engine.target import Target
 from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service
 from innerloop.intercept.plan import router_name, router_selector
 from innerloop.intercept.tunnel import InterceptTunnel, Registration

@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,7 +41,9 @@ def restricted(kube: Kube, namespace: str) -> str:
     return namespace
 
 
-def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+def _delta(
+    after: Mapping[str, Mapping[str, int]], before: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
     return {
         label: {where: n - before.get(label, {}).get(where, 0) for where, n in counts.items()}
         for label, counts in after.items()
@@ -145,7 +149,7 @@ def test_a_killed_cli_gives_the_traffic_back_and_leaves_nothing(
 
         def back_in_cluster() -> bool:
             try:
-                return request(ip, 80, headers={"x-dev": "me"})["where"] == "cluster"
+                return bool(request(ip, 80, headers={"x-dev": "me"})["where"] == "cluster")
             except OSError:
                 return False
 
@@ -178,7 +182,7 @@ def test_global_intercept_takes_all_traffic_and_another_session_cannot_take_it(
         secret_file = next((tmp_path / "innerloop" / "intercepts").glob("*.json"))
         assert secret_file.stat().st_mode & 0o077 == 0, "the secret file must be private"
 
-        async def intruder() -> list[dict[str, object]]:
+        async def intruder() -> list[dict[str, Any]]:
             conn = ClusterConnection.from_kubeconfig(kube.kubeconfig)
             router = await RouterSession.open(conn, namespace=ns, service="echo")
             try:
@@ -200,7 +204,7 @@ def test_global_intercept_takes_all_traffic_and_another_session_cannot_take_it(
         assert close["op"] == "denied"
         assert listing["op"] == "intercepts"
         assert "secret" not in str(listing)
-        assert [i["name"] for i in listing["items"]] == ["mine"]  # type: ignore[union-attr, index]
+        assert [i["name"] for i in listing["items"]] == ["mine"]
         # Still ours.
         assert request(ip, 80)["where"] == "mine"
         assert cli.proc.poll() is None

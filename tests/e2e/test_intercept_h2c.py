@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -113,12 +114,12 @@ def _deploy(kube: Kube, namespace: str) -> str:
     return str(kube.get_json("svc", "greeter", "-n", namespace)["spec"]["clusterIP"])
 
 
-def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, object]]:
+def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, Any]]:
     """All requests concurrently on ONE connection; each answer with its trailers."""
     sock = socket.create_connection((host, port), timeout=10)
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
-    streams: dict[int, dict[str, object]] = {}
+    streams: dict[int, dict[str, Any]] = {}
     for dev in devs:
         stream_id = conn.get_next_available_stream_id()
         headers = [(":method", "POST"), (":path", "/greet.Greeter/Hello"), (":scheme", "http"), (":authority", host)]
@@ -135,7 +136,7 @@ def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, 
                 raise ConnectionError("the server closed the connection")
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.DataReceived):
-                    streams[event.stream_id]["body"] += event.data  # type: ignore[operator]
+                    streams[event.stream_id]["body"] += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.TrailersReceived):
                     streams[event.stream_id]["trailers"] = dict(event.headers)
@@ -147,8 +148,7 @@ def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, 
     finally:
         sock.close()
     return [
-        {**json.loads(s["body"]), "grpc-status": s["trailers"].get(b"grpc-status")}  # type: ignore[arg-type, union-attr]
-        for _, s in sorted(streams.items())
+        {**json.loads(s["body"]), "grpc-status": s["trailers"].get(b"grpc-status")} for _, s in sorted(streams.items())
     ]
 
 
@@ -170,7 +170,7 @@ def test_h2c_streams_on_one_connection_are_routed_one_by_one(
         cli.wait_for("intercepting svc/greeter")
         devs: list[str | None] = ["alice", None, "bob", "alice", None]
 
-        def routed() -> list[dict[str, object]]:
+        def routed() -> list[dict[str, Any]]:
             answers = h2_requests(ip, 80, devs)
             assert [a["where"] for a in answers] == ["laptop", "cluster", "cluster", "laptop", "cluster"], answers
             return answers

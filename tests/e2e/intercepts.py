@@ -45,7 +45,14 @@ ThreadingHTTPServer(("", 8080), H).serve_forever()
 """
 
 
-def echo_manifest(image: str, *, name: str = "echo", replicas: int = 2, target_port: str | int = "http") -> str:
+def echo_manifest(
+    image: str,
+    *,
+    name: str = "echo",
+    replicas: int = 2,
+    target_port: str | int = "http",
+    command: list[str] | None = None,
+) -> str:
     sec = restricted_security()
     labels = {"app": name}
     deployment = {
@@ -65,7 +72,7 @@ def echo_manifest(image: str, *, name: str = "echo", replicas: int = 2, target_p
                             "name": "echo",
                             "image": image,
                             "imagePullPolicy": "Never",
-                            "command": ["python3", "-c", ECHO_APP],
+                            "command": command or ["python3", "-c", ECHO_APP],
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
                             "securityContext": sec["container"],

@@ -11,7 +11,9 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,7 @@ from .intercepts import (
     LocalApp,
     RequestLoop,
     deploy_echo,
+    echo_manifest,
     leftovers,
     pods_of,
     request,
@@ -268,3 +271,71 @@ def test_a_cut_tunnel_resumes_by_itself_and_clean_ends_everything_at_once(
     eventually(lambda: not leftovers(kube, ns), timeout_s=30)
     assert service_snapshot(kube, ns, "echo") == before
     assert not list((tmp_path / "innerloop" / "intercepts").glob("*.json")), "clean forgets the local secrets"
+
+
+BANNER_SERVER = """
+import socket, sys, threading
+WHO, PORT, HOST = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+def serve(conn):
+    conn.sendall(f"HELLO {WHO}\\n".encode())  # the server speaks first, as SMTP, MySQL or Redis replies do
+    data = conn.recv(1024)
+    conn.sendall(f"{WHO} got {data.decode().strip()}\\n".encode())
+    conn.close()
+srv = socket.create_server((HOST, PORT))
+print("listening", srv.getsockname()[1], flush=True)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def _banner(ip: str) -> str:
+    with socket.create_connection((ip, 80), timeout=10) as sock:
+        hello = sock.recv(1024).decode()
+        sock.sendall(b"ping\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            reply += chunk
+    return hello + reply.decode()
+
+
+def test_other_tcp_passes_through_personal_intercepts_and_goes_local_under_a_global_one(
+    innerloop_cli: list[str], kube: Kube, restricted: str, tmp_path: Path
+) -> None:
+    """A protocol where the server speaks first is not HTTP: it reaches the pods while a personal
+    intercept is active (after the router's short wait for a first byte), and the laptop under a global one."""
+    ns = restricted
+    command = ["python3", "-c", BANNER_SERVER, "cluster", "8080", ""]
+    kube.apply(ns, echo_manifest(kube.images["python"], name="banner", replicas=1, command=command))
+    kube.run("rollout", "status", "-n", ns, "deploy/banner", "--timeout=90s", timeout=100)
+    ip = kube.get_json("svc", "banner", "-n", ns)["spec"]["clusterIP"]
+    eventually(lambda: _banner(ip) == "HELLO cluster\ncluster got ping\n", timeout_s=30)
+    local = subprocess.Popen(
+        [sys.executable, "-c", BANNER_SERVER, "laptop", "0", "127.0.0.1"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert local.stdout is not None
+        port = local.stdout.readline().split()[1]
+        personal = InterceptProcess.start(
+            innerloop_cli, "banner", "-n", ns, "--to", port, "--header", "x-dev=me", state=tmp_path / "p"
+        )
+        personal.wait_for("intercepting svc/banner")
+        time.sleep(2)
+        assert _banner(ip) == "HELLO cluster\ncluster got ping\n"  # through the router, to the pods
+        assert personal.stop() == 0, personal.output
+        eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+
+        whole = InterceptProcess.start(
+            innerloop_cli, "banner", "-n", ns, "--to", port, "--global", state=tmp_path / "g"
+        )
+        whole.wait_for("intercepting svc/banner")
+        eventually(lambda: _banner(ip) == "HELLO laptop\nlaptop got ping\n", timeout_s=15)
+        assert whole.stop() == 0, whole.output
+    finally:
+        local.kill()
+        local.wait()
+    eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    assert _banner(ip) == "HELLO cluster\ncluster got ping\n"

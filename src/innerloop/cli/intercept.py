@@ -221,11 +221,13 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             if options.command:
                 process = await _start_command(stack, target, request, tunnel, options)
             runner = asyncio.create_task(tunnel.run())
-            ready = asyncio.create_task(tunnel.ready.wait())
-            await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
+            # Registering and the router pod's start overlap; the Service is switched once both are done.
+            switching = asyncio.create_task(switch(target, request, registered=tunnel.ready))
+            await asyncio.wait({runner, switching}, return_when=asyncio.FIRST_COMPLETED)
             if runner.done():
+                switching.cancel()
                 runner.result()  # raises why it could not register
-            await switch(target, request)
+            await switching  # raises why the router cannot start
             ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(_targets(request, info.ports).items()))
             what = "all traffic" if request.mode == "global" else f"requests with {_describe(request.rules)}"
             report(

@@ -77,8 +77,10 @@ async def ensure_router(
     report: Report,
     timeout: float = 60.0,
 ) -> RouterInfo:
-    """The Service's router, running: joined, or created. The caller switches the Service to it
-    (:func:`switch_service`) once it could register, so no request meets a router not yet listening."""
+    """The Service's router: joined, or created (its pod may still be starting). The caller registers
+    through it while it starts, waits until it is Ready (:func:`wait_router_ready`: a Service sends only
+    to Ready pods) and then switches the Service (:func:`switch_service`), so no request meets a router
+    not yet listening."""
     deadline = time.monotonic() + timeout
     while True:
         svc = await api.get(object_path("Service", namespace, service))
@@ -109,9 +111,7 @@ async def ensure_router(
                 report(f"{service}: another developer is starting its router; joining")
             else:
                 report(f"{service}: router created")
-                await wait_router_ready(api, namespace=namespace, service=service, deadline=deadline)
                 return RouterInfo(service=service, namespace=namespace, ports=ports, created=True)
-        await wait_router_ready(api, namespace=namespace, service=service, deadline=deadline)
         return RouterInfo(service=service, namespace=namespace, ports=ports, created=False)
 
 
@@ -181,7 +181,7 @@ async def wait_router_ready(api: RawApi, *, namespace: str, service: str, deadli
                         f" {waiting['reason']}: {waiting.get('message', '')}"
                     )
             last = pod.get("status", {}).get("phase", "Pending")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     events = await _deployment_problem(api, namespace, service)
     raise InterceptSetupError(f"the intercept router of {service} did not become ready ({last}){events}")
 

@@ -33,7 +33,7 @@ from innerloop.agent.restore import selector_of
 from innerloop.build.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
 from innerloop.engine.target import Target
-from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service
+from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service, wait_router_ready
 from innerloop.intercept.plan import router_name, router_selector
 from innerloop.intercept.tunnel import InterceptTunnel, Registration
 from innerloop.k8s.rest import RawApi, object_path
@@ -159,8 +159,14 @@ def _tunnel(target: Target, request: InterceptRequest, info: RouterInfo, report:
     )
 
 
-async def switch(target: Target, request: InterceptRequest) -> None:
+async def switch(
+    target: Target, request: InterceptRequest, *, registered: asyncio.Event, timeout: float = 60.0
+) -> None:
+    """Once the router pod is Ready and the intercept registered through it, point the Service at it."""
     async with RawApi(target.conn) as api:
+        deadline = time.monotonic() + timeout
+        await wait_router_ready(api, namespace=request.namespace, service=request.service, deadline=deadline)
+        await registered.wait()
         await switch_service(api, namespace=request.namespace, service=request.service)
 
 

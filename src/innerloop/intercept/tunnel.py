@@ -75,9 +75,15 @@ async def router_pod(conn: ClusterConnection, *, namespace: str, service: str) -
         pods = await api.call(
             "GET", collection_path("Pod", namespace), query={"labelSelector": f"{ROUTER_LABEL}={service}"}
         )
-    for pod in pods.get("items") or []:
+    # A Ready pod first; else one that is scheduled: port-forward works as soon as its sandbox exists,
+    # well before the kubelet reports it Ready, so registering overlaps the pod's start.
+    candidates = [p for p in pods.get("items") or [] if not p["metadata"].get("deletionTimestamp")]
+    for pod in candidates:
         conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions") or []}
-        if conditions.get("Ready") == "True" and not pod["metadata"].get("deletionTimestamp"):
+        if conditions.get("Ready") == "True":
+            return str(pod["metadata"]["name"])
+    for pod in candidates:
+        if pod.get("spec", {}).get("nodeName") and pod.get("status", {}).get("phase") in ("Pending", "Running"):
             return str(pod["metadata"]["name"])
     return None
 
@@ -149,7 +155,7 @@ class InterceptTunnel:
         resume = False
         lost_at: float | None = None
         delay = 0.05
-        first_deadline = time.monotonic() + 15  # a router that just started may not listen yet
+        first_deadline = time.monotonic() + 60  # a router pod that is still starting does not listen yet
         while True:
             try:
                 router = await RouterSession.open(self._conn, namespace=self._namespace, service=self._service)

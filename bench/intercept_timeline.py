@@ -53,7 +53,7 @@ async def timeline(namespace: str, ip: str, local: LocalApp) -> None:
         name=None,
         grace=3,
     )
-    tunnel, _ = await start(target, intercept, report=lambda _m: None)
+    tunnel = await start(target, intercept, report=lambda _m: None)
     mark("router objects created")
     runner = asyncio.create_task(tunnel.run())
 

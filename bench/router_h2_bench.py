@@ -59,7 +59,7 @@ from innerloop.agent.h2 import (
     window_update_frame,
 )
 from innerloop.agent.hpack import Decoder, Encoder, Header
-from innerloop.agent.http1 import BufferedConn, Conn
+from innerloop.agent.http1 import BufferedConn, Conn, SocketConn
 from innerloop.agent.match import matches, parse_rule
 
 MESSAGE = b"\0\0\0\0\x80" + b"x" * 128  # a gRPC length-prefixed message of 128 bytes
@@ -73,29 +73,6 @@ REQUEST: list[Header] = [
     (b"user-agent", b"bench"),
 ]
 BULK_CHUNK = 1 << 20
-
-
-class StreamConn:
-    """``Conn`` over asyncio streams (what the real server does with its sockets)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self, n: int) -> bytes:
-        try:
-            return await self.reader.read(n)
-        except ConnectionError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
 
 
 class Endpoint:
@@ -243,10 +220,10 @@ async def router_main(ready: Connection, upstream_port: int) -> None:
         return "alice" if matches(rules, headers) else "origin"
 
     async def connect(route: RouteKey) -> Conn:
-        return StreamConn(*await asyncio.open_connection("127.0.0.1", upstream_port))
+        return SocketConn(*await asyncio.open_connection("127.0.0.1", upstream_port))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_h2(BufferedConn(StreamConn(reader, writer)), choose=choose, connect=connect)
+        await serve_h2(BufferedConn(SocketConn(reader, writer)), choose=choose, connect=connect)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     ready.send(server.sockets[0].getsockname()[1])

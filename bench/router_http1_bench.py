@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import statistics
@@ -32,35 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from innerloop.agent.http1 import BufferedConn, Conn, RequestHead
+from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, SocketConn
 from innerloop.agent.match import matches, parse_rule
 from innerloop.agent.routing import RouteKey, serve_http1
 
 BODY = b"x" * 128
 BULK_BLOCK = b"b" * (1024 * 1024)
-
-
-class StreamConn:
-    """``Conn`` over asyncio streams (what the real server does with its sockets)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self, n: int) -> bytes:
-        try:
-            return await self.reader.read(n)
-        except ConnectionError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
 
 
 # -- upstream process ------------------------------------------------------------
@@ -101,10 +77,10 @@ async def router_main(ready: Connection, upstream_port: int) -> None:
         return "alice" if matches(rules, head.headers) else "origin"
 
     async def connect(route: RouteKey) -> Conn:
-        return StreamConn(*await asyncio.open_connection("127.0.0.1", upstream_port))
+        return SocketConn(*await asyncio.open_connection("127.0.0.1", upstream_port))
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_http1(BufferedConn(StreamConn(reader, writer)), choose=choose, connect=connect)
+        await serve_http1(BufferedConn(SocketConn(reader, writer)), choose=choose, connect=connect)
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
     ready.send(server.sockets[0].getsockname()[1])

@@ -106,6 +106,34 @@ class HalfClosable(Protocol):
     async def close_write(self) -> None: ...
 
 
+class SocketConn:
+    """:class:`Conn` over an asyncio stream pair: a socket the router accepted or opened."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self._reader.read(n)
+        except ConnectionError:
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close_write(self) -> None:
+        if self._writer.can_write_eof() and not self._writer.is_closing():
+            with contextlib.suppress(OSError):
+                self._writer.write_eof()
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+
 class BufferedConn:
     """A ``Conn`` with a read buffer: read up to a delimiter, exactly ``n`` bytes, or whatever is there.
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from innerloop.agent.h2 import serve_h2
-from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, pipe, sniff
+from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, SocketConn, pipe, sniff
 from innerloop.agent.intercepts import MODES, InterceptRefused, Mode, Registry
 from innerloop.agent.kubeapi import InClusterApi, KubeError
 from innerloop.agent.log import log
@@ -99,34 +99,6 @@ class RouterConfig:
             settle=float(data.get("settle", 3.0)),
             drain=float(data.get("drain", 5.0)),
         )
-
-
-class SocketConn:
-    """:class:`Conn` over an asyncio stream pair."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self, n: int) -> bytes:
-        try:
-            return await self._reader.read(n)
-        except ConnectionError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close_write(self) -> None:
-        if self._writer.can_write_eof() and not self._writer.is_closing():
-            with contextlib.suppress(OSError):
-                self._writer.write_eof()
-
-    async def close(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
 
 
 class TunnelConn:
@@ -186,7 +158,7 @@ class Router:
             self._connections.add(task)
             self.stats["connections"] += 1
             try:
-                await self._serve_connection(route, SocketConn(reader, writer), reader)
+                await self._serve_connection(route, SocketConn(reader, writer))
             except Exception as err:  # one broken connection never takes the router down
                 log(f"port {route.port}: connection broken: {type(err).__name__}: {err}")
             finally:
@@ -197,14 +169,14 @@ class Router:
 
         return on_connection
 
-    async def _serve_connection(self, route: PortRoute, client: SocketConn, reader: asyncio.StreamReader) -> None:
+    async def _serve_connection(self, route: PortRoute, client: SocketConn) -> None:
         name = self.registry.global_for(route.port)
         if name is not None:
             upstream = await self._connect(route, name)
             await pipe(client, upstream)
             return
         try:
-            first = await asyncio.wait_for(reader.read(SNIFF_BYTES), SNIFF_TIMEOUT)
+            first = await asyncio.wait_for(client.read(SNIFF_BYTES), SNIFF_TIMEOUT)
         except TimeoutError:
             first = b""
             kind = "tcp"
@@ -213,7 +185,7 @@ class Router:
                 return  # a probe, or a client that gave up
             kind = sniff(first)
             while kind == "need-more":
-                more = await reader.read(SNIFF_BYTES)
+                more = await client.read(SNIFF_BYTES)
                 if not more:
                     break
                 first += more
@@ -267,13 +239,8 @@ class Router:
                     return TunnelConn(await session.open(header))
                 except (SessionClosed, ProtocolError) as err:
                     log(f"tunnel of {key} failed ({err}); this connection goes to the cluster's pods")
-        reader, writer = await asyncio.open_connection(route.origin_host, route.origin_port)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            import socket  # noqa: PLC0415 - only here, for TCP_NODELAY
-
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return SocketConn(reader, writer)
+        # asyncio sets TCP_NODELAY on its TCP transports: small heads are not held back.
+        return SocketConn(*await asyncio.open_connection(route.origin_host, route.origin_port))
 
     # -- control: developers' sessions -------------------------------------------------------
 

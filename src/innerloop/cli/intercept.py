@@ -41,27 +41,15 @@ from innerloop.intercept.session import (
 )
 from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, InterceptTunnel, RouterSession
 from innerloop.k8s.connection import ClusterUnreachable
-from innerloop.k8s.rest import RawApi, RestError, object_path
+from innerloop.k8s.rest import RawApi, object_path
 
 INTERCEPT_ERRORS = (InterceptSetupError, InterceptPlanError, InterceptDenied, InterceptEnded, RunError, ValueError)
 
 
 def _fail(err: BaseException) -> None:
-    if isinstance(err, RestError):
-        if err.status == 403:
-            message = (
-                f"the cluster refused: {err.message}. Intercepts need the namespaced Role in docs/RBAC.md"
-                " (docs/rbac/innerloop-developer.yaml) bound to you in this namespace"
-            )
-        else:
-            message = f"the cluster answered {err.status} {err.reason}: {err.message}"
-    elif isinstance(err, INTERCEPT_ERRORS):
-        message = str(err)
-    else:
-        found = explain_error(err, (ConfigError, UpError, ClusterUnreachable, StepFailed))
-        if found is None:
-            raise err
-        message = found
+    message = explain_error(err, (*INTERCEPT_ERRORS, ConfigError, UpError, ClusterUnreachable, StepFailed))
+    if message is None:
+        raise err
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
 
@@ -210,7 +198,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
     process: NamespaceProcess | None = None
     if options.command and request.default_local is None and not request.local_ports:
         request = dataclasses.replace(request, default_local=_free_port())
-    tunnel, info = await start(target, request, report=report)
+    tunnel = await start(target, request, report=report)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -228,7 +216,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
                 switching.cancel()
                 runner.result()  # raises why it could not register
             await switching  # raises why the router cannot start
-            ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(_targets(request, info.ports).items()))
+            ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(tunnel.local_ports.items()))
             what = "all traffic" if request.mode == "global" else f"requests with {_describe(request.rules)}"
             report(
                 f"intercepting svc/{request.service} ({ports}): {what}"
@@ -289,14 +277,6 @@ async def _open_preview(
     )
     url = preview.url.replace("0.0.0.0", socket.gethostname()) if options.share else preview.url
     report(f"preview: {url} (svc/{service}:{port} with your header)")
-
-
-def _targets(request: InterceptRequest, ports: list[int]) -> dict[int, int]:
-    targets = dict(request.local_ports)
-    if request.default_local is not None:
-        for port in ports:
-            targets.setdefault(port, request.default_local)
-    return targets
 
 
 def _free_port() -> int:

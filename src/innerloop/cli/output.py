@@ -10,6 +10,8 @@ import click
 import httpx2 as httpx
 from lightkube import ApiError
 
+from innerloop.k8s.rest import RestError
+
 
 def report(message: str) -> None:
     click.echo(click.style("innerloop ", fg="bright_black") + message, err=True)
@@ -19,15 +21,11 @@ def explain_error(err: BaseException, user_errors: tuple[type[BaseException], ..
     """One actionable line for ``user_errors`` and errors from the cluster or the network; None for bugs."""
     if isinstance(err, user_errors):
         return str(err)
+    # lightkube's typed calls raise ApiError; the raw JSON ones (k8s/rest.py) RestError: one answer for both.
     if isinstance(err, ApiError):
-        if err.status.code == 403:
-            return (
-                f"the cluster refused: {err.status.message}. innerloop needs the namespaced Role in "
-                "docs/RBAC.md (docs/rbac/innerloop-developer.yaml) bound to you in this namespace"
-            )
-        if err.status.code == 401:
-            return f"the cluster does not accept your credentials ({err.status.message}): check your kubeconfig"
-        return f"the cluster answered {err.status.code}: {err.status.message}"
+        return _refusal(err.status.code, err.status.message)
+    if isinstance(err, RestError):
+        return _refusal(err.status, err.message)
     if isinstance(err, (httpx.TransportError, OSError)):
         return (
             f"cannot reach the cluster: {err}. Check KUBECONFIG and that the cluster runs "
@@ -39,3 +37,14 @@ def explain_error(err: BaseException, user_errors: tuple[type[BaseException], ..
             if found is not None:
                 return found
     return None
+
+
+def _refusal(code: int | None, text: str | None) -> str:
+    if code == 403:
+        return (
+            f"the cluster refused: {text}. innerloop needs the namespaced Role in "
+            "docs/RBAC.md (docs/rbac/innerloop-developer.yaml) bound to you in this namespace"
+        )
+    if code == 401:
+        return f"the cluster does not accept your credentials ({text}): check your kubeconfig"
+    return f"the cluster answered {code}: {text}"

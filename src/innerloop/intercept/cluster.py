@@ -51,7 +51,6 @@ class RouterInfo:
     service: str
     namespace: str
     ports: list[int]  # the Service's intercepted ports
-    created: bool  # whether this call created the router
 
 
 async def _pod_ports(api: RawApi, namespace: str, selector: dict[str, str]) -> dict[str, int]:
@@ -111,8 +110,8 @@ async def ensure_router(
                 report(f"{service}: another developer is starting its router; joining")
             else:
                 report(f"{service}: router created")
-                return RouterInfo(service=service, namespace=namespace, ports=ports, created=True)
-        return RouterInfo(service=service, namespace=namespace, ports=ports, created=False)
+                return RouterInfo(service=service, namespace=namespace, ports=ports)
+        return RouterInfo(service=service, namespace=namespace, ports=ports)
 
 
 async def switch_service(api: RawApi, *, namespace: str, service: str) -> None:

@@ -86,11 +86,8 @@ class Preview:
         app.router.add_route("*", "/{tail:.*}", self._proxy)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._address, self._local_port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        await web.TCPSite(self._runner, self._address, self._local_port).start()
+        port = self._runner.addresses[0][1]  # the bound port, when local_port was 0
         self.url = f"http://{self._address}:{port}/"
         return self
 

@@ -107,14 +107,15 @@ class InterceptRequest:
     grace: float
 
 
-async def start(target: Target, request: InterceptRequest, *, report: Report) -> tuple[InterceptTunnel, RouterInfo]:
-    """Router up, intercept registered (tunnel ready); the caller runs ``tunnel.run()`` concurrently."""
+async def start(target: Target, request: InterceptRequest, *, report: Report) -> InterceptTunnel:
+    """The router started or joined (its pod may still be starting) and the tunnel that will hold the
+    intercept; the caller runs ``tunnel.run()`` (it registers) and then :func:`switch`."""
     image = agent_image(target, report)
     async with RawApi(target.conn) as api:
         info = await ensure_router(
             api, namespace=request.namespace, service=request.service, image=image, grace=request.grace, report=report
         )
-    return _tunnel(target, request, info, report), info
+    return _tunnel(target, request, info, report)
 
 
 def local_port_map(request: InterceptRequest, info: RouterInfo) -> dict[int, int]:

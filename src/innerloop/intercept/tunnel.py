@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from innerloop.agent.http1 import pipe
+from innerloop.agent.http1 import SocketConn, pipe
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule
-from innerloop.agent.router import SocketConn, TunnelConn
+from innerloop.agent.router import TunnelConn
 from innerloop.intercept.plan import CONTROL_PORT, ROUTER_LABEL
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.k8s.rest import RawApi, collection_path
@@ -59,7 +59,6 @@ class Registration:
     def message(self, *, resume: bool) -> dict[str, Any]:
         return {
             "op": "intercept",
-            "id": 1,
             "name": self.name,
             "secret": self.secret,
             "owner": self.owner,
@@ -203,20 +202,14 @@ class InterceptTunnel:
 
     async def _serve(self, router: RouterSession) -> str:
         async with asyncio.TaskGroup() as tg:
-            watch = tg.create_task(self._watch_control(router))
             try:
-                while True:
+                while True:  # accept() raises once the session ends
                     stream = await router.session.accept()
                     tg.create_task(self._carry(stream))
             except (SessionClosed, ProtocolError, ConnectionError) as err:
-                watch.cancel()
                 with contextlib.suppress(Exception):
                     await router.close()
                 return str(err) or "session closed"
-
-    async def _watch_control(self, router: RouterSession) -> None:
-        """The control channel has nothing to say between requests; its end ends the session."""
-        await router.session.wait_closed()
 
     async def _carry(self, stream: Stream) -> None:
         task = asyncio.current_task()
@@ -230,11 +223,11 @@ class InterceptTunnel:
     async def _carry_stream(self, stream: Stream) -> None:
         tunnel = TunnelConn(stream)
         try:
-            header = json.loads(stream.header)
-            port = int(header["port"])
-            self.local_ports[port]
+            port = int(json.loads(stream.header)["port"])
         except (ValueError, KeyError, TypeError):
-            await tunnel.close()
+            port = None
+        if port not in self.local_ports:
+            stream.reset("no local port for this stream")
             return
         self.routed += 1
         try:

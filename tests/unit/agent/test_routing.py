@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -12,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from innerloop.agent.http1 import BufferedConn, Conn, RequestHead
+from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, SocketConn
 from innerloop.agent.routing import RETRY_BODY_LIMIT, RouteKey, serve_http1
 
 from .test_http1 import memory_pair, read_all
@@ -25,34 +24,6 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
-
-
-class StreamConn:
-    """``Conn`` over asyncio streams, as the real server wraps its sockets."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def read(self, n: int) -> bytes:
-        try:
-            return await self.reader.read(n)
-        except ConnectionError:
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def close_write(self) -> None:
-        if not self.writer.is_closing():
-            with contextlib.suppress(OSError):
-                self.writer.write_eof()
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
 
 
 # -- a small independent HTTP/1.1 upstream ----------------------------------------
@@ -210,7 +181,7 @@ async def router(
     async def connect(route: RouteKey) -> Conn:
         if route not in upstreams:
             raise ConnectionRefusedError(f"no upstream {route}")
-        return StreamConn(*await asyncio.open_connection("127.0.0.1", upstreams[str(route)].port))
+        return SocketConn(*await asyncio.open_connection("127.0.0.1", upstreams[str(route)].port))
 
     def record(route: RouteKey, head: RequestHead, status: int) -> None:
         if exchanges is not None:
@@ -218,7 +189,7 @@ async def router(
 
     async def handle_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_http1(
-            BufferedConn(StreamConn(reader, writer)),
+            BufferedConn(SocketConn(reader, writer)),
             choose=choose_by_header,
             connect=connect,
             draining=draining,

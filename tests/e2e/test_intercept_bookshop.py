@@ -73,8 +73,8 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
     )
     devs = {
         "alice": InterceptProcess.start(
-            cli, "backend", "-n", namespace, "--header", "x-innerloop-user=alice", "--preview", "frontend:8080",
-            "--", "python3", str(script), state=tmp_path / "alice",
+            cli, "backend", "-n", namespace, "--header", "x-innerloop-user=alice",
+            "--preview", "frontend:8080", "--share", "--", "python3", str(script), state=tmp_path / "alice",
         ),
         "bob": InterceptProcess.start(
             cli, "backend", "-n", namespace, state=tmp_path / "bob", cwd=project, env={"USER": "bob", "LOGNAME": "bob"}
@@ -93,11 +93,15 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
         assert _chain(url, None)["greeting"] == "hello from backend"
         assert _chain(url, "carol")["greeting"] == "hello from backend"
 
-        # The preview URL adds alice's header: a plain browser request reaches her backend.
+        # The preview URL adds alice's header: a plain browser request reaches her backend. She shares
+        # it (--share): a teammate reaches it at this machine's network address, not only on loopback.
         devs["alice"].wait_for("preview: http://")
-        preview = re.search(r"preview: (http://\S+)", devs["alice"].output)
+        preview = re.search(r"preview: http://[^:\s]+:(\d+)/", devs["alice"].output)
         assert preview is not None
-        with urllib.request.urlopen(preview.group(1) + "api.json", timeout=10) as resp:
+        node = kube.get_json("nodes")["items"][0]["status"]["addresses"]
+        address = next(a["address"] for a in node if a["type"] == "InternalIP")
+        assert not address.startswith("127.")
+        with urllib.request.urlopen(f"http://{address}:{preview.group(1)}/api.json", timeout=10) as resp:
             chain = json.loads(resp.read())
         assert chain["via"][0]["via"][0]["greeting"] == "hello from alice's laptop"
         devs["bob"].wait_for("preview: http://")  # from innerloop.yaml

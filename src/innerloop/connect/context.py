@@ -7,6 +7,11 @@ ConfigMaps and Secrets, with an optional prefix) and, unless the pod turns
 the namespace. ConfigMap, Secret and projected volumes become files. This
 module reproduces that from plain dicts, so ``innerloop run`` gives a local
 process the same view without running anything in the cluster.
+
+It also decides how that view meets the machine's own environment
+(:func:`command_environment`): the app's variables are added, the ones that
+describe the machine's session and toolchain (``PATH``, ``HOME``,
+``PYTHONHOME``, ``LD_*``...) stay local, and ``--env`` sets anything.
 """
 
 from __future__ import annotations
@@ -16,6 +21,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+# What describes this machine's session and toolchain rather than the app: where programs, libraries,
+# interpreters and the user's files are, and who and where the session is. A container's values name
+# the container's filesystem (PYTHONHOME=/usr/local, PATH=/usr/local/bin:...): applied here they
+# break the local tools, so they are never taken from the pod wholesale (see ``command_environment``).
+MACHINE_NAMES = frozenset(
+    {
+        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "PWD", "OLDPWD", "HOSTNAME", "TMPDIR", "TMP", "TEMP",
+        "DISPLAY", "LANG", "LANGUAGE", "VIRTUAL_ENV", "NODE_PATH", "GOPATH", "GOROOT", "GOBIN", "GOCACHE",
+        "GOMODCACHE", "GOTOOLCHAIN", "JAVA_HOME", "CLASSPATH", "GEM_HOME", "GEM_PATH", "RUBYLIB", "PERL5LIB",
+        "CARGO_HOME", "RUSTUP_HOME", "SSL_CERT_FILE", "SSL_CERT_DIR", "MANPATH", "INFOPATH",
+    }
+)  # fmt: skip
+MACHINE_PREFIXES = ("LC_", "LD_", "PYTHON", "XDG_", "SSH_", "CONDA_")
 
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -170,3 +189,65 @@ def container_context(
             else:
                 files[mount["mountPath"]] = content
     return RemoteContext(env=env, files=files, missing=missing)
+
+
+def describes_machine(name: str) -> bool:
+    """Whether ``name`` is one of the variables that describe this machine's session and toolchain."""
+    return name in MACHINE_NAMES or name.startswith(MACHINE_PREFIXES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandEnvironment:
+    env: dict[str, str]
+    withheld: list[str]  # pod variables not applied (sorted): the machine's value, or none, stays
+
+
+def command_environment(
+    local: Mapping[str, str], pod: Mapping[str, str], explicit: Mapping[str, str] | None = None
+) -> CommandEnvironment:
+    """The environment of a local command that borrows a pod's context.
+
+    The rules, in order:
+
+    1. start from this machine's environment (never replaced wholesale);
+    2. add the app's variables from the pod (env, envFrom, valueFrom, service links), overriding
+       local ones of the same name, except those that describe the machine (``describes_machine``):
+       for those the local value wins; when the machine has none, the pod's value is applied
+       only if it names no path (no ``/``: ``PYTHONUNBUFFERED=1``, ``LANG=C.UTF-8``), because a
+       path is one in the container's filesystem;
+    3. ``explicit`` (``--env NAME=VALUE``) sets anything, last.
+
+    ``withheld`` names the pod variables rule 2 did not apply (their value differs from the
+    result), so the command can say so in one line.
+    """
+    env = dict(local)
+    withheld: list[str] = []
+    for name, value in pod.items():
+        if not describes_machine(name) or (name not in env and "/" not in value):
+            env[name] = value
+        elif env.get(name) != value:
+            withheld.append(name)
+    explicit = dict(explicit or {})
+    env.update(explicit)
+    return CommandEnvironment(env=env, withheld=sorted(n for n in withheld if n not in explicit))
+
+
+def withheld_line(withheld: Sequence[str]) -> str | None:
+    """The one line a command prints about pod variables it did not apply, or None."""
+    if not withheld:
+        return None
+    return (
+        f"not applied from the pod: {', '.join(withheld)} (they describe the container's filesystem or"
+        " session, this machine's values stay; set one with --env NAME=VALUE if you mean it)"
+    )
+
+
+def parse_env_options(values: Sequence[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a mapping; a ValueError names a malformed one."""
+    out: dict[str, str] = {}
+    for text in values:
+        name, sep, value = text.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"--env expects NAME=VALUE, got {text!r}")
+        out[name] = value
+    return out

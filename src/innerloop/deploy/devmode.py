@@ -31,6 +31,12 @@ TOKEN_DIR = "/.innerloop-token"
 SYNC_SEED_DIR = "/.innerloop-sync"
 DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
 AGENT_PORT_ANNOTATION = "innerloop.dev/agent-port"
+# The names the patch adds; :func:`app_pod` removes exactly these.
+RUNTIME_VOLUME = "innerloop-runtime"
+TOKEN_VOLUME = "innerloop-token"
+SYNC_VOLUME_PREFIX = "innerloop-sync-"
+INSTALL_CONTAINER = "innerloop-install"
+SEED_CONTAINER_PREFIX = "innerloop-seed-"
 
 
 class DevModeError(ValueError):
@@ -102,29 +108,29 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
             raise DevModeError(f"sync target {target!r} must be an absolute container path")
 
     volumes = spec.setdefault("volumes", [])
-    volumes.append({"name": "innerloop-runtime", "emptyDir": {}})
-    volumes.append({"name": "innerloop-token", "secret": {"secretName": dev.token_secret, "defaultMode": 0o444}})
-    runtime_mount = {"name": "innerloop-runtime", "mountPath": MOUNT_ROOT, "readOnly": True}
+    volumes.append({"name": RUNTIME_VOLUME, "emptyDir": {}})
+    volumes.append({"name": TOKEN_VOLUME, "secret": {"secretName": dev.token_secret, "defaultMode": 0o444}})
+    runtime_mount = {"name": RUNTIME_VOLUME, "mountPath": MOUNT_ROOT, "readOnly": True}
 
     init = [
         {
-            "name": "innerloop-install",
+            "name": INSTALL_CONTAINER,
             "image": dev.agent_image,
             "imagePullPolicy": "IfNotPresent",
             "command": [*runtime_command(IMAGE_ROOT), "seed", IMAGE_ROOT, MOUNT_ROOT],
             "env": [{"name": k, "value": v} for k, v in runtime_env(IMAGE_ROOT).items()],
-            "volumeMounts": [{"name": "innerloop-runtime", "mountPath": MOUNT_ROOT}],
+            "volumeMounts": [{"name": RUNTIME_VOLUME, "mountPath": MOUNT_ROOT}],
             "securityContext": _restricted(),
         }
     ]
     app_mounts = app.setdefault("volumeMounts", [])
     for i, target in enumerate(dev.sync_targets):
-        volume = f"innerloop-sync-{i}"
+        volume = f"{SYNC_VOLUME_PREFIX}{i}"
         volumes.append({"name": volume, "emptyDir": {}})
         seed_dir = f"{SYNC_SEED_DIR}/{i}"
         init.append(
             {
-                "name": f"innerloop-seed-{i}",
+                "name": f"{SEED_CONTAINER_PREFIX}{i}",
                 "image": app["image"],
                 "imagePullPolicy": app.get("imagePullPolicy", "IfNotPresent"),
                 "command": [*runtime_command(MOUNT_ROOT), "seed", target, seed_dir],
@@ -135,7 +141,7 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
         )
         app_mounts.append({"name": volume, "mountPath": target.rstrip("/") or "/"})
     app_mounts.append(runtime_mount)
-    app_mounts.append({"name": "innerloop-token", "mountPath": TOKEN_DIR, "readOnly": True})
+    app_mounts.append({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": True})
     spec["initContainers"] = [*init, *(spec.get("initContainers") or [])]
 
     app["command"] = [
@@ -159,4 +165,53 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
         annotations = template_meta.setdefault("annotations", {})
         annotations[DEV_MODE_ANNOTATION] = "true"
         annotations[AGENT_PORT_ANNOTATION] = str(dev.agent_port)
+    return doc
+
+
+def _ours(volume: str) -> bool:
+    return volume in (RUNTIME_VOLUME, TOKEN_VOLUME) or volume.startswith(SYNC_VOLUME_PREFIX)
+
+
+def app_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a pod (or pod template) with the dev-mode patch taken out: the app as its manifest declares it.
+
+    What a local process borrows from a dev-mode pod (``innerloop run``,
+    ``intercept -- CMD``) must be the app's context, never the agent's: its
+    runtime variables (``PYTHONHOME`` names the agent's interpreter), the
+    runtime, token and synced emptyDir mounts, the token's Secret, the init
+    containers. This removes exactly what :func:`apply_dev_mode` adds, by the
+    names above, and gives back the original command (the agent's argv after
+    ``--``). A pod without the annotation is returned unchanged. ``env`` from
+    innerloop.yaml stays: it is the app's configuration, not innerloop's.
+    """
+    doc = copy.deepcopy(dict(pod))
+    meta = doc.get("metadata") or {}
+    if (meta.get("annotations") or {}).get(DEV_MODE_ANNOTATION) != "true":
+        return doc
+    spec = doc.get("spec") or {}
+    runtime = runtime_env(MOUNT_ROOT)
+    agent = runtime_command(MOUNT_ROOT)
+    for container in spec.get("containers") or []:
+        mounts = [m for m in container.get("volumeMounts") or [] if not _ours(str(m.get("name")))]
+        if "volumeMounts" in container:
+            container["volumeMounts"] = mounts
+        command = container.get("command") or []
+        if command[: len(agent)] == agent and "--" in command:
+            container["command"] = command[command.index("--") + 1 :]
+            # The runtime's variables were appended last, so an app's own entry of the same name stays.
+            env = list(container.get("env") or [])
+            for name, value in runtime.items():
+                for i in range(len(env) - 1, -1, -1):
+                    if env[i].get("name") == name and env[i].get("value") == value:
+                        del env[i]
+                        break
+            container["env"] = env
+    if "volumes" in spec:
+        spec["volumes"] = [v for v in spec["volumes"] if not _ours(str(v.get("name")))]
+    if "initContainers" in spec:
+        spec["initContainers"] = [
+            c
+            for c in spec["initContainers"]
+            if c.get("name") != INSTALL_CONTAINER and not str(c.get("name")).startswith(SEED_CONTAINER_PREFIX)
+        ]
     return doc

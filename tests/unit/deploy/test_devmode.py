@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from innerloop.build.agent_image import MOUNT_ROOT, runtime_command
-from innerloop.deploy.devmode import DevMode, DevModeError, apply_dev_mode, original_command
+from innerloop.deploy.devmode import DevMode, DevModeError, app_pod, apply_dev_mode, original_command
 
 
 def deployment(**container: Any) -> dict[str, Any]:
@@ -108,3 +108,48 @@ def test_original_command_follows_kubernetes_rules(
     container: dict[str, Any], entrypoint: list[str], cmd: list[str], expected: list[str]
 ) -> None:
     assert original_command(container, entrypoint, cmd) == expected
+
+
+def _as_pod(doc: dict[str, Any]) -> dict[str, Any]:
+    """The pod a Deployment's template makes (metadata and spec), as the API returns it."""
+    template = doc["spec"]["template"]
+    return {"metadata": {"name": "api-1", **template.get("metadata", {})}, "spec": template["spec"]}
+
+
+def test_app_pod_takes_out_exactly_what_the_patch_added() -> None:
+    original = deployment(
+        command=["/usr/bin/python3", "/app/app.py"],
+        env=[{"name": "BACKEND_URL", "value": "http://backend:8080"}],
+        volumeMounts=[{"name": "cfg", "mountPath": "/etc/app"}],
+    )
+    spec = pod(original)
+    spec["volumes"] = [{"name": "cfg", "configMap": {"name": "settings"}}]
+    spec["initContainers"] = [{"name": "migrate", "image": "x"}]
+    dev = DevMode(
+        agent_image="a:1",
+        token_secret="innerloop-api-agent",
+        command=["/usr/bin/python3", "/app/app.py"],
+        sync_targets=["/app/", "/srv/"],
+    )
+    patched = _as_pod(apply_dev_mode(original, dev))
+    assert pod(original) != patched["spec"]
+    restored = app_pod(patched)
+    app = restored["spec"]["containers"][0]
+    assert app["command"] == ["/usr/bin/python3", "/app/app.py"]
+    assert app["env"] == [{"name": "BACKEND_URL", "value": "http://backend:8080"}]
+    assert app["volumeMounts"] == [{"name": "cfg", "mountPath": "/etc/app"}]
+    assert restored["spec"]["volumes"] == [{"name": "cfg", "configMap": {"name": "settings"}}]
+    assert restored["spec"]["initContainers"] == [{"name": "migrate", "image": "x"}]
+    assert restored["spec"] == pod(original)  # nothing else left over
+
+
+def test_app_pod_keeps_innerloop_yaml_env_and_an_apps_own_python_variables() -> None:
+    original = deployment(env=[{"name": "PYTHONHOME", "value": "/usr/local"}])
+    patched = _as_pod(apply_dev_mode(original, DEV))  # DEV sets env DEBUG=1 from innerloop.yaml
+    env = app_pod(patched)["spec"]["containers"][0]["env"]
+    assert env == [{"name": "PYTHONHOME", "value": "/usr/local"}, {"name": "DEBUG", "value": "1"}]
+
+
+def test_a_pod_not_in_dev_mode_is_unchanged() -> None:
+    plain = _as_pod(deployment(command=["/agent", "--", "x"], volumeMounts=[{"name": "innerloop-token"}]))
+    assert app_pod(plain) == plain

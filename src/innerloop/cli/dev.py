@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
-import signal
 import sys
-from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import click
 
 from innerloop.cli.output import explain_error, report
+from innerloop.cli.stopping import run_until_signal
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
 from innerloop.deploy.apply import DeployError
@@ -60,15 +59,10 @@ config_option = click.option("-f", "--file", "config_file", help="innerloop.yaml
 namespace_option = click.option("-n", "--namespace", help="Namespace (default: innerloop.yaml, then the kubeconfig)")
 
 
-async def _until_signal(work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work``; SIGTERM cancels it like Ctrl+C, so every owner cleans up."""
-    task = asyncio.ensure_future(work)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
-    try:
-        await task
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+def _doing(loop: DevLoop) -> str:
+    """What a Ctrl+C stops, in the user's words: each service's phase."""
+    phases = ", ".join(f"{name} {s.phase}" for name, s in loop.store.services.items()) if loop.store.services else ""
+    return "innerloop up" + (f" ({phases})" if phases else "") + "; the app stays deployed"
 
 
 @click.command()
@@ -87,7 +81,7 @@ def up(config_file: str | None, namespace: str | None, no_color: bool) -> None:
             color=not no_color and sys.stdout.isatty(),
             print_log=click.echo,
         )
-        asyncio.run(_until_signal(loop.run()))
+        run_until_signal(lambda _stopping: loop.run(), what=functools.partial(_doing, loop))
     except (KeyboardInterrupt, asyncio.CancelledError):
         report("stopped; the app stays deployed (`innerloop down` removes it)")
     except Exception as err:

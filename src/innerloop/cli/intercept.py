@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import signal
 import socket
 import sys
@@ -19,9 +20,11 @@ import click
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule, parse_rule
 from innerloop.cli.output import explain_error, report
+from innerloop.cli.stopping import Stopping, run_until_signal
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config, load_config
 from innerloop.config.model import Intercept as ConfigIntercept
+from innerloop.connect.context import parse_env_options, withheld_line
 from innerloop.connect.netns import NamespaceProcess
 from innerloop.connect.network import ClusterNetwork
 from innerloop.connect.run import RunError, command_env, fetch_context, materialize
@@ -86,6 +89,12 @@ def _describe(rules: Sequence[HeaderRule]) -> str:
 @click.option("--name", help="Intercept name (default: $USER plus a random suffix).")
 @click.option("--grace", type=float, default=15.0, show_default=True, help="Seconds a lost tunnel may resume.")
 @click.option("--pod", help="Borrow env/ConfigMaps/Secrets from this pod (default: one of the Service's).")
+@click.option(
+    "--env",
+    "env_options",
+    multiple=True,
+    help="NAME=VALUE for COMMAND, over the pod's and this machine's (repeatable).",
+)
 @click.option("--preview", "preview_target", help="ENTRY_SERVICE:PORT: print a local URL that adds your header.")
 @click.option("--share", is_flag=True, help="Serve the preview URL on every interface, for teammates.")
 @click.option("-f", "--file", "config_file", help="innerloop.yaml (default: found upwards from here, if any).")
@@ -103,6 +112,7 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
     preview_target: str | None,
     share: bool,
     config_file: str | None,
+    env_options: tuple[str, ...],
     command: tuple[str, ...],
 ) -> None:
     """Send SERVICE's cluster traffic to a local port, or to COMMAND (after --) started here with the
@@ -132,6 +142,7 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
     try:
         rules = [parse_rule(text) for text in headers] or ([] if global_mode else default_rules())
         pairs = dict(_port_pair(p) for p in port_pairs)
+        explicit_env = parse_env_options(env_options)
         preview = _entry(preview_target) if preview_target else None
         target = connect(report)
     except ValueError as err:
@@ -153,10 +164,21 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
         grace=grace,
     )
     options = _Options(
-        command=list(command), pod=pod, preview=preview, preview_port=preview_port, share=share, workdir=workdir
+        command=list(command),
+        env=explicit_env,
+        pod=pod,
+        preview=preview,
+        preview_port=preview_port,
+        share=share,
+        workdir=workdir,
     )
     try:
-        code = asyncio.run(_intercept(target, request, options))
+        code = run_until_signal(
+            functools.partial(_intercept, target, request, options), what=f"the intercept of svc/{request.service}"
+        )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        report(f"stopped before svc/{request.service} was switched (`innerloop clean` removes a router left behind)")
+        sys.exit(130)
     except Exception as err:
         _fail(err)
         return
@@ -166,6 +188,7 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
 @dataclass(frozen=True, kw_only=True)
 class _Options:
     command: list[str]
+    env: dict[str, str]  # --env NAME=VALUE for the command
     pod: str | None
     preview: tuple[str, int] | None
     preview_port: int
@@ -193,16 +216,23 @@ def _entry(value: str) -> tuple[str, int]:
     return service, int(port)
 
 
-async def _intercept(target: Target, request: InterceptRequest, options: _Options) -> int:
+async def _intercept(target: Target, request: InterceptRequest, options: _Options, stopping: Stopping) -> int:
+    """Set up, serve until a signal (``stopping``) or the command's exit, leave; the exit status.
+
+    Before the intercept is registered a signal cancels (nothing to leave);
+    from then on it leaves first, so the Service is restored.
+    """
     started = time.monotonic()
     process: NamespaceProcess | None = None
     if options.command and request.default_local is None and not request.local_ports:
         request = dataclasses.replace(request, default_local=_free_port())
+    stopping.what = f"setting up the intercept of svc/{request.service}"
     tunnel = await start(target, request, report=report)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stopping.what = f"the intercept of svc/{request.service}: leaving"
+    stopping.stop = lambda _sig: stop.set()
+    if stopping.requested:
+        stop.set()
     code = 0
     try:
         async with contextlib.AsyncExitStack() as stack:
@@ -211,20 +241,25 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             runner = asyncio.create_task(tunnel.run())
             # Registering and the router pod's start overlap; the Service is switched once both are done.
             switching = asyncio.create_task(switch(target, request, registered=tunnel.ready))
-            await asyncio.wait({runner, switching}, return_when=asyncio.FIRST_COMPLETED)
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({runner, switching, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if runner.done():
                 switching.cancel()
                 runner.result()  # raises why it could not register
-            await switching  # raises why the router cannot start
-            ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(tunnel.local_ports.items()))
-            what = "all traffic" if request.mode == "global" else f"requests with {_describe(request.rules)}"
-            report(
-                f"intercepting svc/{request.service} ({ports}): {what}"
-                f" [{tunnel.registration.name}, ready in {time.monotonic() - started:.1f}s]"
-            )
-            if options.preview is not None:
-                await _open_preview(stack, target, request, options)
-            waiters: set[asyncio.Task[Any]] = {runner, asyncio.create_task(stop.wait())}
+            if stop.is_set() and not switching.done():
+                switching.cancel()  # stopped during set-up: leave now, the router restores what was switched
+                await asyncio.gather(switching, return_exceptions=True)
+            else:
+                await switching  # raises why the router cannot start
+                ports = ", ".join(f"{p}->127.0.0.1:{local}" for p, local in sorted(tunnel.local_ports.items()))
+                what = "all traffic" if request.mode == "global" else f"requests with {_describe(request.rules)}"
+                report(
+                    f"intercepting svc/{request.service} ({ports}): {what}"
+                    f" [{tunnel.registration.name}, ready in {time.monotonic() - started:.1f}s]"
+                )
+                if options.preview is not None:
+                    await _open_preview(stack, target, request, options)
+            waiters: set[asyncio.Task[Any]] = {runner, stopped}
             if process is not None:
                 waiters.add(asyncio.create_task(process.wait()))
             done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -242,15 +277,16 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             await asyncio.gather(runner, *pending, return_exceptions=True)
         if remaining == 0:
             report(f"restoring svc/{request.service}")
-            if await wait_restored(target, namespace=request.namespace, service=request.service):
+            # The router restores the Service by itself once told; waiting is only to say it is done.
+            stopping.extend(10.0, f"waiting for the router to restore svc/{request.service}")
+            wait_s = stopping.remaining() - 0.5 if stopping.requested else 30.0
+            if await wait_restored(target, namespace=request.namespace, service=request.service, timeout=wait_s):
                 report(f"svc/{request.service} selects its own pods again; the router is gone")
             else:
                 report(f"the router of {request.service} did not finish in time; `innerloop clean` removes it")
         elif remaining is not None:
             report(f"left; {remaining} other intercept(s) keep the router of {request.service}")
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         forget(request.namespace, request.service, tunnel.registration.name)
 
     return code
@@ -310,9 +346,11 @@ async def _start_command(
     )
     root = options.workdir / ".innerloop" / "run" / name
     mounts = materialize(context, root)
-    env = command_env(context, mounts, root)
     local = request.default_local or next(iter(request.local_ports.values()))
-    env["PORT"] = str(local)
+    decided = command_env(context, mounts, root, explicit={"PORT": str(local), **options.env})
+    env = decided.env
+    if (line := withheld_line(decided.withheld)) is not None:
+        report(line)
     net = await stack.enter_async_context(ClusterNetwork.open(target.conn, namespace=request.namespace))
     tunnel.dial = net.netns.dial
     report(f"starting {options.command[0]} with the context of {request.namespace}/{name}; PORT={local}")
@@ -327,7 +365,7 @@ async def _stop(process: NamespaceProcess) -> None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), 5)
+        await asyncio.wait_for(process.wait(), 2)  # inside the stop deadline (cli/stopping.py)
     except TimeoutError:
         process.send_signal(signal.SIGKILL)
         await process.wait()

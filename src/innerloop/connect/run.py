@@ -3,9 +3,12 @@
 Reads the pod and what it references (needs ``get`` on pods, configmaps,
 secrets and ``list`` on services: the Role in docs/RBAC.md), writes the
 mounted files under a private local directory (mode 0700, secrets 0600), and
-runs the command with the container's environment plus
-``INNERLOOP_MOUNTS`` (JSON: container mount path -> local directory) and
-``INNERLOOP_ROOT``. Nothing is created or changed in the cluster.
+runs the command with this machine's environment, the container's variables
+added by the rules of :func:`innerloop.connect.context.command_environment`,
+plus ``INNERLOOP_MOUNTS`` (JSON: container mount path -> local directory) and
+``INNERLOOP_ROOT``. A pod in dev mode (``innerloop up``) lends the app's
+context, not the agent's (:func:`innerloop.deploy.devmode.app_pod`). Nothing
+is created or changed in the cluster.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service
 
-from innerloop.connect.context import RemoteContext, container_context
+from innerloop.connect.context import CommandEnvironment, RemoteContext, command_environment, container_context
+from innerloop.deploy.devmode import app_pod
 from innerloop.k8s.connection import ClusterConnection
 
 
@@ -57,7 +61,7 @@ async def fetch_context(
     client = conn.client()
     try:
         found = await _pod(client, namespace, pod, selector)
-        doc: dict[str, Any] = found.to_dict()
+        doc: dict[str, Any] = app_pod(found.to_dict())  # the app's context, never the dev-mode agent's
         names = {kind: _referenced(doc.get("spec", {}), kind) for kind in ("configMap", "secret")}
         configmaps: dict[str, Any] = {}
         secrets: dict[str, Any] = {}
@@ -117,9 +121,11 @@ def materialize(context: RemoteContext, root: Path) -> dict[str, str]:
     return mounts
 
 
-def command_env(context: RemoteContext, mounts: dict[str, str], root: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(context.env)
-    env["INNERLOOP_MOUNTS"] = json.dumps(mounts)
-    env["INNERLOOP_ROOT"] = str(root)
-    return env
+def command_env(
+    context: RemoteContext, mounts: dict[str, str], root: Path, *, explicit: dict[str, str] | None = None
+) -> CommandEnvironment:
+    """The local command's environment (``withheld``: the pod variables it does not get, to say so)."""
+    decided = command_environment(os.environ, context.env, explicit)
+    decided.env["INNERLOOP_MOUNTS"] = json.dumps(mounts)
+    decided.env["INNERLOOP_ROOT"] = str(root)
+    return decided

@@ -1,7 +1,10 @@
-"""``innerloop schema``: the JSON Schema of innerloop.yaml, and a checker for config files.
+"""``innerloop schema``: the JSON Schema of innerloop.yaml, a project's copy of it, and a checker for config files.
 
-The schema goes to stdout so it can be redirected into the repository
-(``innerloop schema > schema/innerloop.schema.json``) or handed to an editor;
+The schema goes to stdout so it can be handed to an editor or redirected
+(``innerloop schema > schema/innerloop.schema.json`` regenerates the copy
+shipped in the package); ``--write`` refreshes the project's own copy at
+``.innerloop/innerloop.schema.json``, the file the modeline ``innerloop init``
+writes points at (why a project-local copy: :mod:`innerloop.config.schema`).
 ``--check`` runs the same loader as ``innerloop up``, so a config that passes
 here fails there only for reasons outside the file (missing manifests, the
 cluster).
@@ -14,7 +17,38 @@ from pathlib import Path
 
 import click
 
-from innerloop.config import ConfigError, json_schema_text, load_config
+from innerloop.config import ConfigError, find_config, json_schema_text, load_config
+from innerloop.config.schema import PROJECT_SCHEMA, packaged_schema_text
+
+# innerloop's folder in a project holds state that must stay local (the `up` socket, `run`'s
+# secrets); the schema copy is the one file worth sharing, so a fresh clone's editor finds it.
+STATE_GITIGNORE = (
+    "# Written by innerloop: what innerloop keeps here stays on this machine,\n"
+    "# except the schema copy that innerloop.yaml's modeline points at.\n"
+    "*\n"
+    "!.gitignore\n"
+    f"!{Path(PROJECT_SCHEMA).name}\n"
+)
+
+
+def write_project_schema(folder: Path) -> str | None:
+    """Write ``folder``'s schema copy when it is missing or out of date; what was done, or ``None``."""
+    target = folder / PROJECT_SCHEMA
+    text = packaged_schema_text()
+    try:
+        if target.read_text(encoding="utf-8") == text:
+            return None
+        done = "refreshed"
+    except FileNotFoundError:
+        done = "wrote"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ignore = target.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text(STATE_GITIGNORE, encoding="utf-8")
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    partial.replace(target)  # an editor reading it never sees half a file
+    return done
 
 
 @click.command()
@@ -25,8 +59,25 @@ from innerloop.config import ConfigError, json_schema_text, load_config
     metavar="FILE",
     help="Validate FILE instead of printing the schema: prints 'FILE: ok', or its problems as file:line:col (exit 1).",
 )
-def schema(config: Path | None) -> None:
-    """Print the JSON Schema of innerloop.yaml (for editors), or check a config file."""
+@click.option(
+    "--write",
+    is_flag=True,
+    help=f"Write the project's copy ({PROJECT_SCHEMA}, next to the innerloop.yaml found upwards from here), "
+    "which innerloop.yaml's modeline points at.",
+)
+def schema(config: Path | None, write: bool) -> None:
+    """Print the JSON Schema of innerloop.yaml (for editors), write the project's copy, or check a config file."""
+    if config is not None and write:
+        raise click.UsageError("give --check or --write, not both")
+    if write:
+        try:
+            folder = find_config(Path.cwd()).parent
+        except ConfigError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        done = write_project_schema(folder)
+        click.echo(f"{done or 'current'}: {folder / PROJECT_SCHEMA}")
+        return
     if config is None:
         click.echo(json_schema_text(), nl=False)
         return

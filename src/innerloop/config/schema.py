@@ -2,14 +2,23 @@
 
 Editors (the YAML language server in VS Code, IntelliJ, Neovim) read it for
 completion, hover text and squiggles; the loader reads it to say what was
-expected in an error. It is generated, never written by hand, and a copy is
-shipped at ``schema/innerloop.schema.json`` so a modeline can point at it
-(``# yaml-language-server: $schema=...``); a unit test keeps the copy current.
+expected in an error. It is generated, never written by hand; a copy ships
+inside the package (``innerloop/config/innerloop.schema.json``, linked from
+the repository's ``schema/``), and a unit test keeps it current.
+
+Editors find it through a modeline (``# yaml-language-server: $schema=...``).
+There is no public URL to point at, and a path into the installed package
+breaks as soon as a virtualenv moves or innerloop is reinstalled, so a
+project gets its own copy at :data:`PROJECT_SCHEMA` (next to innerloop.yaml,
+in innerloop's folder), written by ``innerloop init`` and refreshed by
+``innerloop schema --write``: the modeline is a path inside the project,
+which moves with it.
 """
 
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any
 
 from innerloop.config.model import Project
@@ -17,6 +26,9 @@ from innerloop.config.model import Project
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # No published URL yet: a URN names the schema without pretending to be fetchable.
 SCHEMA_ID = "urn:innerloop:schema:innerloop.yaml:v1"
+PACKAGED_SCHEMA = "innerloop.schema.json"  # in this package, included in the wheel
+# The project's copy, relative to the folder of innerloop.yaml: what the modeline names.
+PROJECT_SCHEMA = ".innerloop/innerloop.schema.json"
 
 
 def json_schema() -> dict[str, Any]:
@@ -37,3 +49,8 @@ def json_schema() -> dict[str, Any]:
 def json_schema_text() -> str:
     """The schema as shipped: JSON, 2-space indent, trailing newline."""
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def packaged_schema_text() -> str:
+    """The copy shipped with innerloop (equal to :func:`json_schema_text`; read, not generated: faster)."""
+    return resources.files("innerloop.config").joinpath(PACKAGED_SCHEMA).read_text(encoding="utf-8")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from innerloop.cli.main import cli
-from innerloop.config.schema import json_schema, json_schema_text
+from innerloop.config.schema import json_schema, json_schema_text, packaged_schema_text
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "bookshop" / "innerloop.yaml"
 
@@ -69,3 +70,28 @@ def test_check_reports_yaml_syntax(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["schema", "--check", str(config)])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"{config}:3:1: invalid YAML: ")
+
+
+def test_write_refreshes_the_projects_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "innerloop.yaml").write_text("version: 1\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # found upwards, like `innerloop up` finds the config
+    copy = tmp_path / ".innerloop" / "innerloop.schema.json"
+
+    first = CliRunner().invoke(cli, ["schema", "--write"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout == f"wrote: {copy}\n"
+    assert copy.read_text() == packaged_schema_text()
+
+    copy.write_text("{}\n")  # from an older innerloop
+    assert CliRunner().invoke(cli, ["schema", "--write"]).stdout == f"refreshed: {copy}\n"
+    assert CliRunner().invoke(cli, ["schema", "--write"]).stdout == f"current: {copy}\n"
+    assert copy.read_text() == packaged_schema_text()
+
+
+def test_write_without_a_project_says_how_to_start_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["schema", "--write"])
+    assert result.exit_code == 1
+    assert "innerloop init" in result.stderr
+    assert not (tmp_path / ".innerloop").exists()

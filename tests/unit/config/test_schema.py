@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from innerloop.config.schema import SCHEMA_DIALECT, json_schema, json_schema_text
+from innerloop.config.schema import SCHEMA_DIALECT, json_schema, json_schema_text, packaged_schema_text
 
-SHIPPED = Path(__file__).resolve().parents[3] / "schema" / "innerloop.schema.json"
+REPOSITORY = Path(__file__).resolve().parents[3]
+SHIPPED = REPOSITORY / "src" / "innerloop" / "config" / "innerloop.schema.json"  # in the wheel
+LINKED = REPOSITORY / "schema" / "innerloop.schema.json"  # what examples/ and checkouts point at
 REGENERATE = ".venv/bin/innerloop schema > schema/innerloop.schema.json"
 
 
@@ -30,6 +32,12 @@ def test_the_shipped_schema_is_the_generated_one() -> None:
     assert SHIPPED.read_text(encoding="utf-8") == json_schema_text(), (
         f"{SHIPPED} is out of date with the models; regenerate it with: {REGENERATE}"
     )
+    assert packaged_schema_text() == json_schema_text()  # what `innerloop init` copies into a project
+
+
+def test_the_repository_copy_is_the_packaged_file() -> None:
+    # One file, two names: regenerating through either updates both.
+    assert LINKED.resolve() == SHIPPED.resolve()
 
 
 def test_header() -> None:

@@ -119,7 +119,12 @@ class Stopping:
     _extended: bool = False
 
     def describe(self) -> str:
-        return self.what() if callable(self.what) else self.what
+        # Called from the signal handler and the deadline thread, so it must never raise (a dict it
+        # reads may be changing in the very frame the signal interrupted).
+        try:
+            return self.what() if callable(self.what) else self.what
+        except Exception:
+            return "the command"
 
     @property
     def requested(self) -> bool:
@@ -198,10 +203,10 @@ def run_until_signal(
         try:
             _finish(loop, stopping)
         finally:
-            asyncio.set_event_loop(None)
-            loop.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _finish(loop: asyncio.AbstractEventLoop, stopping: Stopping) -> None:

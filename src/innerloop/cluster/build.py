@@ -10,6 +10,10 @@ Each component is built in its own wrapper so one component's dependency
 versions cannot drag another's. Finished binaries land in
 ``<cache>/bin/<component>-<version>/`` with a ``.complete`` marker written last:
 a build that was interrupted is simply redone.
+
+Helm is built here too, though the cluster does not run it: it comes from the
+same proxy the same way, and ``innerloop up`` renders charts with it when
+PATH has no helm.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ KUBERNETES_COMMANDS = (
 )
 ETCD_COMMANDS = ("etcd", "etcdctl")
 COREDNS_COMMANDS = ("coredns",)
+HELM_COMMANDS = ("helm",)
 
 _Build = Callable[[Path], None]
 
@@ -60,6 +65,23 @@ def wrapper_gomod(*, module: str, require: str, version: str, siblings: Mapping[
         lines.extend(f"\t{path} => {path} {ver}" for path, ver in sorted(siblings.items()))
         lines.append(")")
     return "\n".join(lines) + "\n"
+
+
+def helm_ldflags(version: str, gomod: str) -> str:
+    """-X flags as helm's own Makefile sets them.
+
+    Besides the version, helm bakes in the Kubernetes version that ``helm
+    template`` reports as ``.Capabilities.KubeVersion``, derived from the
+    client-go it is built with (v0.34.2 -> 1.34); left out, it says 1.20 and a
+    chart with ``kubeVersion: ">=1.25.0-0"`` refuses to render.
+    """
+    m = re.search(r"^\s*k8s\.io/client-go v0\.(\d+)\.", gomod, re.MULTILINE)
+    if m is None:
+        raise StepFailed(f"helm {version}: its go.mod requires no k8s.io/client-go v0.x; cannot tell its Kubernetes")
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={version}"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {pkg}.k8sVersionMajor=1", f"-X {pkg}.k8sVersionMinor={m.group(1)}"]
+    return " ".join(flags)
 
 
 def version_ldflags(version: str) -> str:
@@ -128,8 +150,16 @@ class BinaryBuilder:
             "coredns": self._ensure(
                 component="coredns", version=v.coredns, commands=COREDNS_COMMANDS, build=self._build_coredns
             ),
+            "helm": self.ensure_helm(),
         }
         return dirs
+
+    def ensure_helm(self) -> Path:
+        """The folder of the helm that renders charts, built when the cache lacks it (a minute or two)."""
+        self._paths.cache.mkdir(parents=True, exist_ok=True)
+        return self._ensure(
+            component="helm", version=self._versions.helm, commands=HELM_COMMANDS, build=self._build_helm
+        )
 
     def _ensure(self, *, component: str, version: str, commands: tuple[str, ...], build: _Build) -> Path:
         out = self._paths.bin_dir(component, version)
@@ -250,4 +280,25 @@ class BinaryBuilder:
             version=v.coredns,
             ldflags="-s -w",
             label=f"coredns {v.coredns}",
+        )
+
+    def _build_helm(self, out: Path) -> None:
+        # helm's go.mod replaces nothing with a relative path today; the wrapper
+        # still pins any sibling it ever does, like the other components.
+        v = self._versions
+        gomod = self._download_gomod("helm.sh/helm/v3", v.helm)
+        siblings = {path: v.helm for path in local_replacements(gomod)}
+        wrapper = self._wrapper(
+            f"helm-{v.helm}",
+            wrapper_gomod(
+                module="innerloop.local/build/helm", require="helm.sh/helm/v3", version=v.helm, siblings=siblings
+            ),
+        )
+        self._go_build(
+            wrapper=wrapper,
+            out=out,
+            binaries={"helm": "helm.sh/helm/v3/cmd/helm"},
+            version=v.helm,
+            ldflags=helm_ldflags(v.helm, gomod),
+            label=f"helm {v.helm}",
         )

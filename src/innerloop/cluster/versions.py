@@ -17,6 +17,8 @@ class Versions:
     kubernetes: str = "v1.34.4"
     etcd: str = "v3.6.16"
     coredns: str = "v1.14.7"
+    # Helm renders charts (`helm template`); 3.19 is built on the Kubernetes 1.34 libraries, the cluster's minor.
+    helm: str = "v3.19.5"
 
     @property
     def kubernetes_staging(self) -> str:

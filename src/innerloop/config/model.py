@@ -57,6 +57,10 @@ _IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 IMAGE_NAME_PATTERN = rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*$"
 WORKLOAD_PATTERN = r"^(deployment|statefulset)/[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 HELM_RELEASE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,51}[a-z0-9])?$"
+# A chart's name in a chart repository (helm allows these characters in Chart.yaml's name).
+HELM_CHART_NAME_PATTERN = r"^[A-Za-z0-9][-A-Za-z0-9._]*$"
+# oci://HOST[:PORT]/PATH/NAME, the path as in an image name; the version is not part of it here.
+HELM_OCI_PATTERN = rf"^oci://[a-zA-Z0-9.-]+(?::[0-9]+)?(?:/{_IMAGE_COMPONENT})+$"
 
 MAX_PORT = 65535
 
@@ -103,6 +107,38 @@ def _workload(value: str) -> str:
 def _helm_release(value: str) -> str:
     if not re.fullmatch(HELM_RELEASE_PATTERN, value):
         raise ValueError(f"{value!r} is not a Helm release name: at most 53 lowercase letters, digits and '-'")
+    return value
+
+
+def _helm_chart(value: str) -> str:
+    if value.startswith("oci://"):
+        if re.search(r"/[^/]*[:@][^/]*$", value.removeprefix("oci://")):
+            raise ValueError(
+                f"{value!r} has a tag or digest: write the reference without it and the version under version "
+                "(e.g. chart: oci://registry.example.com/charts/api, version: 1.2.0)"
+            )
+        if not re.fullmatch(HELM_OCI_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not an OCI chart reference: write oci://HOST[:PORT]/PATH/NAME "
+                "(e.g. oci://registry.example.com/charts/api)"
+            )
+        return value
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise ValueError(
+            f"{value!r} is a URL: for a chart repository write the chart's name in chart and the URL under repo "
+            "(e.g. chart: postgresql, repo: https://charts.example.com); for a registry, chart: oci://..."
+        )
+    return _relative_path(value)
+
+
+def _helm_repository(value: str) -> str:
+    if value.startswith("oci://"):
+        raise ValueError(
+            f"{value!r} is an OCI registry, not a chart repository: write the whole reference in chart "
+            "(chart: oci://HOST/PATH/NAME) and remove repo"
+        )
+    if not re.fullmatch(r"https?://[^/\s?#]+(/\S*)?", value):
+        raise ValueError(f"{value!r} is not a chart repository URL: write http(s)://HOST/PATH (where index.yaml is)")
     return value
 
 
@@ -204,12 +240,30 @@ class _Model(BaseModel):
 
 
 class Helm(_Model):
-    """A Helm chart, rendered with `helm template` and applied like plain manifests."""
+    """A Helm chart (local, oci:// or in a chart repository), rendered with `helm template` and applied."""
 
-    chart: str = Field(
+    model_config = ConfigDict(json_schema_extra={"dependentRequired": {"repo": ["version"]}})
+
+    chart: Annotated[str, AfterValidator(_helm_chart)] = Field(
         min_length=1,
-        description="The chart: a folder relative to innerloop.yaml, or a chart reference such as oci://... .",
-        examples=["charts/api", "oci://registry.example.com/charts/api"],
+        description="The chart: a folder or a packaged .tgz relative to innerloop.yaml, "
+        "an OCI reference (oci://HOST/PATH/NAME, no tag: give version), or a chart's name in repo.",
+        examples=["charts/api", "charts/api-1.2.0.tgz", "oci://registry.example.com/charts/api", "postgresql"],
+    )
+    repo: Annotated[str, AfterValidator(_helm_repository)] | None = Field(
+        default=None,
+        description="The URL of the chart repository that holds chart (like `helm template --repo`); "
+        "not for oci:// charts, whose reference names their registry.",
+        examples=["https://charts.example.com/stable"],
+        json_schema_extra=_not_null,
+    )
+    version: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None,
+        description="The chart version, required for a chart from a registry or repository "
+        "(an exact version such as 1.2.0 renders the same chart for everyone; a range such as ^1.2 "
+        "takes the newest match). A local chart's version is its Chart.yaml's.",
+        examples=["1.2.0"],
+        json_schema_extra=_not_null,
     )
     release: HelmRelease | None = Field(
         default=None,
@@ -228,6 +282,34 @@ class Helm(_Model):
         description="Single values, applied after the values files (like `helm --set key=value`).",
         examples=[{"replicaCount": "1", "image.pullPolicy": "IfNotPresent"}],
     )
+
+    @property
+    def remote(self) -> bool:
+        """The chart comes from an OCI registry or a chart repository, not from this machine's files."""
+        return self.repo is not None or self.chart.startswith("oci://")
+
+    @model_validator(mode="after")
+    def _one_kind_of_chart(self) -> Self:
+        if self.repo is not None:
+            if self.chart.startswith("oci://"):
+                raise ValueError(
+                    "repo is for a chart repository; an oci:// chart names its registry itself: remove repo"
+                )
+            if not re.fullmatch(HELM_CHART_NAME_PATTERN, self.chart) or self.chart.endswith(".tgz"):
+                raise ValueError(
+                    f"with repo, chart is the chart's name in that repository (e.g. postgresql), not {self.chart!r}"
+                )
+        if self.remote and self.version is None:
+            raise ValueError(
+                "give version for a chart from a registry or repository (e.g. version: 1.2.0), "
+                "so every `up` renders the same chart; without it helm takes the newest"
+            )
+        if not self.remote and self.version is not None:
+            raise ValueError(
+                f"version is for a chart from a registry or repository; the local chart {self.chart!r} "
+                "has its version in its Chart.yaml: remove version"
+            )
+        return self
 
 
 class Manifests(_Model):

@@ -7,12 +7,14 @@ watcher, manifests): the CLI starts ~0.3 s sooner.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from innerloop.cluster.components import API_PORT
 from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.paths import ClusterPaths
+from innerloop.cluster.versions import PINNED
 from innerloop.k8s.connection import ClusterConnection, default_kubeconfig
 from innerloop.oci.archive import BuiltImage
 
@@ -40,6 +42,12 @@ class Target:
     def kubectl(self) -> str:
         """The kubectl that renders kustomize (the bundled cluster's own, else the one on PATH)."""
         return str(self.bundled.kubectl_path) if self.bundled else "kubectl"
+
+    @property
+    def helm(self) -> str:
+        """The helm that renders charts: the one on PATH, else the one `innerloop cluster up` built."""
+        built = self.paths.bin_dir("helm", PINNED.helm) / "helm"
+        return str(built) if shutil.which("helm") is None and built.exists() else "helm"
 
     def load_image(self, image: BuiltImage) -> None:
         if self.bundled is None:

@@ -131,7 +131,7 @@ class DevLoop:
         plan = plan_service(
             project=self.project,
             name=name,
-            docs=read_manifests(self.root, name, service, kubectl=self.target.kubectl),
+            docs=read_manifests(self.root, name, service, kubectl=self.target.kubectl, helm=self.target.helm),
             built=self.built,
             agent_image=self.agent_tag,
             token=self.tokens[name],
@@ -219,7 +219,9 @@ class DevLoop:
         if m.kustomize:
             return [(self.root / m.kustomize).resolve()]
         if m.helm:
-            return [(self.root / m.helm.chart).resolve(), *((self.root / v).resolve() for v in m.helm.values)]
+            # A chart from a registry or repository has no local files to watch; its values files do.
+            chart = [] if m.helm.remote else [(self.root / m.helm.chart).resolve()]
+            return [*chart, *((self.root / v).resolve() for v in m.helm.values)]
         return []
 
     async def _redeploy_on_changes(self, name: str) -> None:

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from innerloop.cluster.build import local_replacements, version_ldflags, wrapper_gomod
+from innerloop.cluster.build import helm_ldflags, local_replacements, version_ldflags, wrapper_gomod
+from innerloop.cluster.progress import StepFailed
 from innerloop.cluster.versions import PINNED, Versions
 
 # The tail of go.etcd.io/etcd/server/v3@v3.6.16's go.mod, as published.
@@ -175,6 +176,31 @@ class TestVersionLdflags:
         assert f"-X k8s.io/component-base/version.gitMinor={minor} " in version_ldflags(version)
 
 
+class TestHelmLdflags:
+    # helm.sh/helm/v3@v3.19.5's go.mod, the lines that matter.
+    GOMOD = "module helm.sh/helm/v3\n\nrequire (\n\tk8s.io/apimachinery v0.34.2\n\tk8s.io/client-go v0.34.2\n)\n"
+
+    def test_version_and_the_kubernetes_of_its_client_go(self) -> None:
+        flags = helm_ldflags("v3.19.5", self.GOMOD).split(" -X ")
+        assert flags[0] == "-s -w"
+        assert dict(f.split("=", 1) for f in flags[1:]) == {
+            "helm.sh/helm/v3/internal/version.version": "v3.19.5",
+            "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor": "1",
+            "helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor": "34",
+            "helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor": "1",
+            "helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor": "34",
+        }
+
+    def test_a_gomod_without_client_go_is_refused(self) -> None:
+        with pytest.raises(StepFailed, match=r"requires no k8s\.io/client-go"):
+            helm_ldflags("v3.19.5", "module helm.sh/helm/v3\n")
+
+
 def test_staging_modules_use_v0_versions() -> None:
     assert Versions(kubernetes="v1.34.4").kubernetes_staging == "v0.34.4"
     assert Versions(kubernetes="v1.30.0").kubernetes_staging == "v0.30.0"
+
+
+def test_helm_is_built_on_the_clusters_kubernetes_minor() -> None:
+    assert PINNED.helm.startswith("v3.19.")  # helm 3.19 requires k8s.io/client-go v0.34, as PINNED.kubernetes is 1.34
+    assert PINNED.kubernetes.startswith("v1.34.")

@@ -98,7 +98,7 @@ class TestValidConfigs:
         [
             ({"files": ["k8s/", "extra.yaml"]}, "files"),
             ({"kustomize": "k8s/overlays/dev"}, "kustomize"),
-            ({"helm": {"chart": "oci://example.com/charts/api"}}, "helm"),
+            ({"helm": {"chart": "oci://example.com/charts/api", "version": "1.0.0"}}, "helm"),
             ({"files": None, "kustomize": "k8s"}, "kustomize"),
         ],
     )

@@ -1,8 +1,11 @@
-"""``innerloop init``: from a folder with an app to a working ``innerloop.yaml`` in one command.
+"""``innerloop init``: from a folder with an app, or a repository with several, to a working ``innerloop.yaml``.
 
-The decisions are pure (:mod:`innerloop.engine.init`); this edge reads the
-folder into a listing, writes what may be written (never an existing file
-without ``--force``), and says what it did and what to run next.
+The decisions are pure (:mod:`innerloop.engine.init` for one app,
+:mod:`innerloop.engine.init_repo` for a repository's apps and existing
+manifests); this edge reads the folder into a listing, writes what may be
+written (never an existing file without ``--force``), keeps the project's
+copy of the JSON Schema current, and says what it guessed, what it did and
+what to run next.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from pathlib import Path
 
 import click
 
-import innerloop
+from innerloop.cli.schema import write_project_schema
 from innerloop.config.model import DNS_LABEL_PATTERN
+from innerloop.config.schema import PROJECT_SCHEMA
 from innerloop.engine.init import (
     SKIPPED_FOLDERS,
+    Detected,
     NotDetected,
     detect,
     plan_writes,
@@ -25,12 +30,13 @@ from innerloop.engine.init import (
     service_name,
     with_port,
 )
+from innerloop.engine.init_repo import RepoPlan, plan_repo, render_repo
 
 MAX_FILES = 5000
 MAX_TEXT_BYTES = 256 * 1024
 MAX_DEPTH = 4
 TEXT_SUFFIXES = (".py", ".js", ".mjs", ".cjs", ".ts", ".go", ".json", ".toml", ".txt", ".yaml", ".yml", ".mod", ".cfg")
-TEXT_NAMES = ("Dockerfile",)
+TEXT_NAMES = ("Dockerfile", "Kustomization")
 
 
 def read_listing(root: Path) -> dict[str, str]:
@@ -60,14 +66,6 @@ def read_listing(root: Path) -> dict[str, str]:
     return listing
 
 
-def schema_reference(folder: Path) -> str | None:
-    """The repository's JSON Schema relative to ``folder``, when this innerloop runs from a checkout."""
-    schema = Path(innerloop.__file__).resolve().parents[2] / "schema" / "innerloop.schema.json"
-    if not schema.is_file():
-        return None
-    return Path(os.path.relpath(schema, folder.resolve())).as_posix()
-
-
 def _name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None and not re.fullmatch(DNS_LABEL_PATTERN, value):
         raise click.BadParameter(
@@ -82,26 +80,34 @@ def _name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 @click.option("--port", type=click.IntRange(1, 65535), help="The port the app listens on (default: guessed).")
 @click.option("--force", is_flag=True, help="Overwrite files that exist (default: keep them).")
 def init_command(folder: Path, name: str | None, port: int | None, force: bool) -> None:
-    """Detect the app in FOLDER and write innerloop.yaml (and a Dockerfile and manifests when missing)."""
+    """Detect the app in FOLDER (or every app of a repository) and write innerloop.yaml.
+
+    A Dockerfile and manifests are written only for apps that have none; a
+    repository's existing manifests are paired with its apps by image name.
+    """
     root = folder.resolve()
     listing = read_listing(root)
     try:
         detected = detect(listing)
     except NotDetected as err:
-        click.echo(f"error: {root}: {err}", err=True)
-        sys.exit(1)
-    if port is not None:
-        detected = with_port(detected, port)
-    name = name or service_name(root.name)
-    rendered = render(detected, name, schema=schema_reference(root))
-    plan = plan_writes(rendered, [p for p in rendered if (root / p).exists()], force=force)
+        try:
+            repo = plan_repo(listing, name=name or service_name(root.name))
+        except NotDetected:
+            click.echo(f"error: {root}: {err}", err=True)
+            sys.exit(1)
+        if port is not None:
+            raise click.UsageError(
+                f"--port is for a folder with one app; {root} has {len(repo.apps)}: edit the ports in innerloop.yaml"
+            ) from None
+        _init_repo(root, repo, force=force)
+    else:
+        _init_app(root, detected if port is None else with_port(detected, port), name=name, force=force)
+    where = "" if root == Path.cwd().resolve() else f"cd {folder} && "
+    click.echo(f"next: {where}innerloop up")
 
-    kind = detected.kind.capitalize()
-    click.echo(f"found a {kind} app: {detected.entry}, port {detected.port} ({detected.port_source})")
-    if detected.dockerfile:
-        click.echo("  kept      Dockerfile (exists)")
-    for path in detected.manifests:
-        click.echo(f"  kept      {path} (existing manifests)")
+
+def _write(root: Path, rendered: dict[str, str], *, force: bool) -> None:
+    plan = plan_writes(rendered, [p for p in rendered if (root / p).exists()], force=force)
     for path in plan.write:
         target = root / path
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +116,40 @@ def init_command(folder: Path, name: str | None, port: int | None, force: bool) 
         click.echo(f"  {'replaced' if existed else 'wrote':<9} {path}")
     for path in plan.keep:
         click.echo(f"  kept      {path} (exists; --force overwrites it)")
+    # The schema copy is innerloop's own file (in its folder), not the user's: kept current, never "kept".
+    done = write_project_schema(root)
+    if done:
+        click.echo(f"  {done:<9} {PROJECT_SCHEMA} (the schema innerloop.yaml's first line points at)")
+
+
+def _init_app(root: Path, detected: Detected, *, name: str | None, force: bool) -> None:
+    rendered = render(detected, name or service_name(root.name), schema=PROJECT_SCHEMA)
+    click.echo(
+        f"found a {detected.kind.capitalize()} app: {detected.entry}, port {detected.port} ({detected.port_source})"
+    )
+    if detected.dockerfile:
+        click.echo("  kept      Dockerfile (exists)")
+    for path in detected.manifests:
+        click.echo(f"  kept      {path} (existing manifests)")
+    _write(root, rendered, force=force)
     for note in detected.notes:
         click.echo(f"note: {note}")
-    where = "" if root == Path.cwd().resolve() else f"cd {folder} && "
-    click.echo(f"next: {where}innerloop up")
+
+
+def _init_repo(root: Path, repo: RepoPlan, *, force: bool) -> None:
+    rendered = render_repo(repo, schema=PROJECT_SCHEMA)
+    click.echo(
+        f"found {len(repo.apps)} app{'s' * (len(repo.apps) != 1)} and {repo.workload_count} workload"
+        f"{'s' * (repo.workload_count != 1)} in existing manifests: one innerloop.yaml for the repository"
+    )
+    for service in repo.services:
+        click.echo(f"  {service.name}")
+        for reason in service.reasons:
+            click.echo(f"      {reason}")
+    referenced = sorted({p for s in repo.services for p in s.files if p not in rendered})
+    referenced += sorted({s.workload.source.path for s in repo.services if s.workload and not s.files})
+    for path in dict.fromkeys(referenced):
+        click.echo(f"  kept      {path} (existing manifests, referenced)")
+    _write(root, rendered, force=force)
+    for note in repo.notes:
+        click.echo(f"note: {note}")

@@ -56,7 +56,7 @@ WHAT_IS_LOOKED_FOR = (
     "Node: package.json; Go: go.mod with a main package"
 )
 
-Kind = Literal["python", "node", "go"]
+Kind = Literal["python", "node", "go", "dockerfile"]  # dockerfile: nothing else recognised
 
 
 class NotDetected(ValueError):
@@ -87,7 +87,15 @@ class Detected:
 
 
 def detect(files: Mapping[str, str]) -> Detected:
-    """Recognise the app in ``files`` (relative POSIX path -> text); raise :class:`NotDetected` if unknown."""
+    """Recognise the app in ``files`` (relative POSIX path -> text); raise :class:`NotDetected` if unknown.
+
+    The YAML files of the listing that hold a Deployment are taken as the app's manifests.
+    """
+    return _with_manifests(detect_app(files), files)
+
+
+def detect_app(files: Mapping[str, str]) -> Detected:
+    """As :func:`detect`, without looking for manifests (a repository's are paired by :mod:`.init_repo`)."""
     found = _detect_python(files) or _detect_node(files) or _detect_go(files)
     if found is None:
         python = [p for p in ("pyproject.toml", "requirements.txt", "setup.py") if p in files]
@@ -99,11 +107,31 @@ def detect(files: Mapping[str, str]) -> Detected:
         listed = ", ".join(sorted(p for p in files if "/" not in p)[:12]) or "nothing"
         raise NotDetected(f"no app found (looked for {WHAT_IS_LOOKED_FOR}); top-level files: {listed}")
     found = _with_dockerfile(found, files)
-    found = _with_manifests(found, files)
     venvs = sorted({p.split("/", 1)[0] + "/" for p in files if p.endswith("/pyvenv.cfg") and p.count("/") == 1})
     if venvs:
         found = dataclasses.replace(found, excludes=(*found.excludes, *venvs))
     return found
+
+
+def detect_dockerfile(files: Mapping[str, str]) -> Detected | None:
+    """A folder with a Dockerfile and no app innerloop recognises: its WORKDIR, EXPOSE and command."""
+    if "Dockerfile" not in files:
+        return None
+    try:
+        recipe = parse_dockerfile(files["Dockerfile"])
+        command = tuple([*(recipe.entrypoint or []), *(recipe.cmd or [])])
+    except DockerfileError:
+        command = ()
+    unknown = Detected(
+        kind="dockerfile",
+        entry="Dockerfile",
+        command=command,
+        port=8080,
+        port_source="no port found (the Dockerfile has no EXPOSE); 8080 assumed",
+        serves_http=False,
+    )
+    found = _with_dockerfile(unknown, files)
+    return dataclasses.replace(found, serves_http=found.port_source == "Dockerfile EXPOSE")
 
 
 def with_port(detected: Detected, port: int) -> Detected:
@@ -363,13 +391,14 @@ def render(detected: Detected, name: str, *, schema: str | None = None) -> dict[
     manifests = list(detected.manifests) or [f"k8s/{name}.yaml"]
     out = {CONFIG_FILE: _config(detected, name, manifests, schema)}
     if not detected.dockerfile:
-        out["Dockerfile"] = _dockerfile(detected)
+        out["Dockerfile"] = dockerfile_text(detected)
     if not detected.manifests:
-        out[manifests[0]] = _manifests(detected, name)
+        out[manifests[0]] = manifests_text(detected, name)
     return out
 
 
-def _flow(items: Iterable[str]) -> str:
+def yaml_flow(items: Iterable[str]) -> str:
+    """A YAML flow sequence, quoting only the items that need it: ``[__pycache__/, "*.pyc"]``."""
     return "[" + ", ".join(json.dumps(i) if re.search(r"[*\[\]{}:,#&!|>'\"%@`]|^[-?]", i) else i for i in items) + "]"
 
 
@@ -384,7 +413,7 @@ def _config(detected: Detected, name: str, manifests: list[str], schema: str | N
         "services:",
         f"  {name}:",
         "    manifests:",
-        f"      files: {_flow(manifests)}",
+        f"      files: {yaml_flow(manifests)}",
         "    image:",
         f"      name: {detected.image_name or name}",
         "      context: .",
@@ -397,7 +426,7 @@ def _config(detected: Detected, name: str, manifests: list[str], schema: str | N
         "    sync:",
         "      - local: ./",
         f"        remote: {detected.workdir.rstrip('/')}/",
-        f"        exclude: {_flow(detected.excludes)}",
+        f"        exclude: {yaml_flow(detected.excludes)}",
         "    restart: process",
         "    ports:",
         f"      - remote: {detected.port}",
@@ -406,7 +435,7 @@ def _config(detected: Detected, name: str, manifests: list[str], schema: str | N
     return "\n".join(lines) + "\n"
 
 
-def _dockerfile(detected: Detected) -> str:
+def dockerfile_text(detected: Detected) -> str:
     head = ["# Written by `innerloop init`; built by innerloop without a Docker daemon (no RUN, one FROM)."]
     if detected.kind == "python":
         base, copy, env = PYTHON_BASE, f"COPY . {WORKDIR}/", ["ENV PYTHONUNBUFFERED=1"]
@@ -430,7 +459,7 @@ def _dockerfile(detected: Detected) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _manifests(detected: Detected, name: str) -> str:
+def manifests_text(detected: Detected, name: str) -> str:
     """A Deployment and a Service that pass the restricted Pod Security Standard (as examples/bookshop/k8s)."""
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": name}
     port_name = "http" if detected.serves_http else "tcp"

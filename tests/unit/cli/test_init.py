@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from innerloop.cli.main import cli
 from innerloop.config import load_config
+from innerloop.config.schema import packaged_schema_text
 
 APP = 'import os\nfrom http.server import HTTPServer\nHTTPServer(("", int(os.environ.get("PORT", "8080"))), H)\n'
 
@@ -28,12 +29,14 @@ def test_writes_a_config_that_loads_with_a_modeline_that_reaches_the_schema(tmp_
         "innerloop.yaml",
         "Dockerfile",
         "k8s/hello-world.yaml",
+        ".innerloop/innerloop.schema.json",
+        ".innerloop/.gitignore",
     }
     project = load_config(folder / "innerloop.yaml")
     assert list(project.services) == ["hello-world"]
     modeline = (folder / "innerloop.yaml").read_text().splitlines()[0]
-    assert modeline.startswith("# yaml-language-server: $schema=")
-    assert (folder / modeline.split("=", 1)[1]).resolve().is_file()
+    assert modeline == "# yaml-language-server: $schema=.innerloop/innerloop.schema.json"
+    assert (folder / ".innerloop/innerloop.schema.json").read_text() == packaged_schema_text()
     assert "wrote     k8s/hello-world.yaml" in result.output
     assert result.output.rstrip().endswith("innerloop up")
 
@@ -78,3 +81,22 @@ def test_node_app_prints_the_base_image_note(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "note: this machine has no Node base image" in result.output
     assert load_config(tmp_path / "innerloop.yaml").services["web"].ports[0].remote == 3000
+
+
+def test_the_modeline_survives_moving_the_project_and_innerloop(tmp_path: Path) -> None:
+    """The schema reference is a path inside the project: nothing outside it (a checkout, a venv) is named."""
+    folder = _app(tmp_path)
+    assert CliRunner().invoke(cli, ["init", str(folder)]).exit_code == 0
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    folder.rename(moved)
+    modeline = (moved / "innerloop.yaml").read_text().splitlines()[0]
+    assert (moved / modeline.split("=", 1)[1]).is_file()
+    assert str(tmp_path) not in (moved / "innerloop.yaml").read_text()
+
+
+def test_the_schema_copy_is_shared_the_state_next_to_it_is_not(tmp_path: Path) -> None:
+    folder = _app(tmp_path)
+    assert CliRunner().invoke(cli, ["init", str(folder)]).exit_code == 0
+    ignore = (folder / ".innerloop" / ".gitignore").read_text().splitlines()
+    assert "*" in ignore and "!innerloop.schema.json" in ignore

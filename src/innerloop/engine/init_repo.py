@@ -604,8 +604,8 @@ def plan_repo(files: Mapping[str, str], *, name: str) -> RepoPlan:
                     )
             if workload.replicas > 1:
                 notes.append(
-                    f"{service}: {workload.ref} runs {workload.replicas} replicas; sync reaches one pod while its "
-                    f"Service balances over all of them: set replicas: 1 in {workload.path} while developing"
+                    f"{service}: {workload.ref} runs {workload.replicas} replicas, each in dev mode; for one copy "
+                    f"of the app while developing, set replicas: 1 in {workload.path} (init leaves it as it is)"
                 )
             if len(workload.containers) > 1 and container.name:
                 others = ", ".join(c.name or c.image for c in workload.containers if c is not container)

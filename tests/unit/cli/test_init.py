@@ -100,3 +100,46 @@ def test_the_schema_copy_is_shared_the_state_next_to_it_is_not(tmp_path: Path) -
     assert CliRunner().invoke(cli, ["init", str(folder)]).exit_code == 0
     ignore = (folder / ".innerloop" / ".gitignore").read_text().splitlines()
     assert "*" in ignore and "!innerloop.schema.json" in ignore
+
+
+def _repository(tmp_path: Path) -> Path:
+    root = tmp_path / "shop"
+    (root / "api").mkdir(parents=True)
+    (root / "api" / "app.py").write_text(APP.replace("H)", 'H)\nBACKEND = "http://cache:6379"'))
+    (root / "admin").mkdir()
+    (root / "admin" / "app.py").write_text(APP)
+    (root / "k8s").mkdir()
+    (root / "k8s" / "app.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api}\nspec:\n  template:\n    metadata:\n"
+        "      labels: {app: api}\n    spec:\n      containers: [{name: api, image: 'shop/api:1'}]\n---\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cache}\nspec:\n  template:\n    metadata:\n"
+        "      labels: {app: cache}\n    spec:\n      containers: [{name: cache, image: 'redis:7'}]\n---\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: cache}\nspec: {selector: {app: cache}}\n"
+    )
+    return root
+
+
+def test_a_repository_gets_one_config_and_says_why(tmp_path: Path) -> None:
+    root = _repository(tmp_path)
+    shared = (root / "k8s" / "app.yaml").read_text()
+    result = CliRunner().invoke(cli, ["init", str(root), "--name", "shop"])
+    assert result.exit_code == 0, result.output
+    assert "found 2 apps and 2 workloads in existing manifests" in result.output
+    assert "deployment/api in k8s/app.yaml: its image shop/api is named after api/" in result.output
+    assert "dependsOn cache: api/app.py:4 calls http://cache" in result.output
+    assert "kept      k8s/app.yaml (existing manifests, referenced)" in result.output
+    assert "wrote     k8s/admin.yaml" in result.output
+    assert (root / "k8s" / "app.yaml").read_text() == shared
+    project = load_config(root / "innerloop.yaml")
+    assert (project.name, list(project.services)) == ("shop", ["admin", "api", "cache"])
+    assert project.services["api"].depends_on == ["cache"]
+    assert [(p.remote, p.local_port) for p in project.services["api"].ports] == [(8080, 8081)]
+    assert not (root / "api" / "innerloop.yaml").exists()
+
+
+def test_port_is_refused_for_a_repository(tmp_path: Path) -> None:
+    root = _repository(tmp_path)
+    result = CliRunner().invoke(cli, ["init", str(root), "--port", "9000"])
+    assert result.exit_code == 2
+    assert "--port is for a folder with one app" in result.output
+    assert not (root / "innerloop.yaml").exists()

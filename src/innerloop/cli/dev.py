@@ -19,22 +19,28 @@ from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
+from innerloop.deploy.render import ManifestError
 from innerloop.engine.api import AlreadyRunning, socket_path
 from innerloop.engine.plan import PlanError
 from innerloop.engine.target import UpError, connect
 from innerloop.engine.up import DevLoop, down
+from innerloop.forward.forward import ForwardError
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.logs.lines import LogLine, color_index, format_line
+from innerloop.sync.watcher import WatchError
 
 USER_ERRORS = (
     ConfigError,
     PlanError,
     DevModeError,
     DeployError,
+    ManifestError,
     UpError,
     ClusterUnreachable,
     StepFailed,
     AlreadyRunning,
+    WatchError,
+    ForwardError,
 )
 
 
@@ -144,6 +150,12 @@ def status(config_file: str | None, as_json: bool) -> None:
     for name, s in services.items():
         sync = f"{s['syncs']} syncs, last {s['last_sync_ms']} ms" if s["syncs"] else "no syncs yet"
         click.echo(f"  {name:<16} {s['phase']:<10} {s['pod'] or '-':<36} {sync}  {' '.join(s['forwards'])}")
+        replicas = s.get("replicas") or {}
+        if len(replicas) > 1 or any(r["state"] != "in sync" for r in replicas.values()):
+            for pod, r in replicas.items():
+                last = f", last {r['last_sync_ms']} ms" if r["syncs"] else ""
+                why = f" ({r['message']})" if r["message"] else ""
+                click.echo(f"    {pod:<46} {r['state']:<12} {r['syncs']} syncs{last}{why}")
 
 
 @click.command()

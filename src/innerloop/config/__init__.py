@@ -4,7 +4,15 @@ Floor 1: imports nothing from innerloop's other packages; ``innerloop up``
 (floor 3) and the CLI read configs through this package's public names.
 """
 
-from innerloop.config.load import CONFIG_FILE, ConfigError, ConfigProblem, find_config, load_config, parse_config
+from innerloop.config.load import (
+    CONFIG_FILE,
+    ConfigError,
+    ConfigProblem,
+    find_config,
+    load_config,
+    locate_problems,
+    parse_config,
+)
 from innerloop.config.model import (
     ChangeStep,
     Helm,
@@ -37,5 +45,6 @@ __all__ = [
     "json_schema",
     "json_schema_text",
     "load_config",
+    "locate_problems",
     "parse_config",
 ]

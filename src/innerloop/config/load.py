@@ -32,7 +32,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from innerloop.config.model import InconsistentProject, Project
+from innerloop.config.model import InconsistentProject, Problem, Project
 from innerloop.config.schema import json_schema
 
 CONFIG_FILE = "innerloop.yaml"
@@ -103,6 +103,18 @@ def parse_config(text: str, *, file: str = CONFIG_FILE) -> Project:
             key=lambda p: (p.line, p.column),
         )
         raise ConfigError("\n".join(map(str, problems)), problems) from None
+
+
+def locate_problems(path: Path, problems: Sequence[Problem]) -> ConfigError:
+    """Problems found after the config validated (against the manifests, say), at their file:line:col."""
+    try:
+        document = _parse_yaml(path.read_text(encoding="utf-8"), file=str(path))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        document = _Document(data=None, positions={})
+    located = [
+        ConfigProblem(str(path), *document.position(p.path, of_key=True), _dotted(p.path), p.message) for p in problems
+    ]
+    return ConfigError("\n".join(map(str, located)), located)
 
 
 @dataclass(frozen=True)

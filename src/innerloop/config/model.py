@@ -422,10 +422,11 @@ class PortForward(_Model):
         description="The container port: a number, or the name of a port in the manifests.",
         examples=[8080, "http"],
     )
-    local: PortNumber | None = Field(
+    local: Annotated[int, Field(ge=0, le=MAX_PORT)] | None = Field(
         default=None,
-        description="The port on this machine (default: the remote port, when it is a number).",
-        examples=[8081],
+        description="The port on this machine (default: the remote port, when it is a number); "
+        "0 picks a free port, shown by `innerloop up` and `innerloop status`.",
+        examples=[8081, 0],
         json_schema_extra=_not_null,
     )
     address: Annotated[str, AfterValidator(_ip_address)] = Field(
@@ -633,11 +634,93 @@ class InconsistentProject(ValueError):
 
 def cross_reference_problems(project: Project) -> list[Problem]:
     """Problems between services: unknown or cyclic dependsOn, shared local ports, onChange without sync."""
-    return [*_unknown_dependencies(project), *_dependency_cycles(project), *_shared_local_ports(project)] + [
+    return [
+        *_unknown_dependencies(project),
+        *_dependency_cycles(project),
+        *_shared_local_ports(project),
+        *_shared_workloads(project),
+        *_sync_target_problems(project),
+    ] + [
         Problem(("services", name, "onChange"), "onChange needs sync rules: its paths are relative to their roots")
         for name, service in project.services.items()
         if service.on_change and not service.sync
     ]
+
+
+# Paths in a container that are not the image's files: kernel filesystems, what the kubelet mounts,
+# and innerloop's own dev-mode mounts (deploy/devmode.py). A sync rule there cannot work.
+RESERVED_CONTAINER_PATHS = (
+    "/proc",
+    "/sys",
+    "/dev",
+    "/.innerloop",
+    "/.innerloop-token",
+    "/.innerloop-sync",
+    "/var/run/secrets/kubernetes.io",
+    "/run/secrets/kubernetes.io",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+)
+
+
+def container_path_problem(remote: str) -> str | None:
+    """Why files cannot be synced to ``remote`` in a container, or None when they can (pure)."""
+    trimmed = remote.rstrip("/")
+    if not trimmed:
+        return "'/' is the whole filesystem: sync into a folder of the app (e.g. /app/)"
+    parts = trimmed[1:].split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return f"{remote!r} is not a plain path: write it without '.', '..' or '//' (e.g. /app/)"
+    for reserved in RESERVED_CONTAINER_PATHS:
+        if trimmed == reserved or trimmed.startswith(reserved + "/") or reserved.startswith(trimmed + "/"):
+            return (
+                f"{remote!r} is outside the image's files ({reserved} is provided by the kernel, "
+                "the kubelet or innerloop): sync into a folder of the app (e.g. /app/)"
+            )
+    return None
+
+
+def _sync_target_problems(project: Project) -> list[Problem]:
+    problems = []
+    for name, service in project.services.items():
+        seen: list[tuple[str, int]] = []
+        for i, rule in enumerate(service.sync):
+            where = ("services", name, "sync", i, "remote")
+            reason = container_path_problem(rule.remote)
+            if reason is not None:
+                problems.append(Problem(where, reason))
+                continue
+            target = rule.remote.rstrip("/")
+            for other, j in seen:
+                if target == other or target.startswith(other + "/") or other.startswith(target + "/"):
+                    problems.append(
+                        Problem(
+                            where,
+                            f"{rule.remote!r} overlaps sync.{j}'s target {other!r}: give each rule its own folder",
+                        )
+                    )
+            seen.append((target, i))
+    return problems
+
+
+def _shared_workloads(project: Project) -> list[Problem]:
+    problems = []
+    first: dict[str, str] = {}
+    for name, service in project.services.items():
+        if service.workload is None:
+            continue
+        if service.workload in first:
+            problems.append(
+                Problem(
+                    ("services", name, "workload"),
+                    f"{service.workload} is already developed by service {first[service.workload]!r}; "
+                    "a workload belongs to one service",
+                )
+            )
+        else:
+            first[service.workload] = name
+    return problems
 
 
 def _unknown_dependencies(project: Project) -> list[Problem]:
@@ -687,6 +770,8 @@ def _shared_local_ports(project: Project) -> list[Problem]:
         for i, port in enumerate(service.ports):
             where = f"services.{name}.ports.{i}"
             field = "local" if port.local is not None else "remote"
+            if port.local_port == 0:
+                continue  # any free port: never shared
             if port.local_port in first:
                 problems.append(
                     Problem(

@@ -64,8 +64,18 @@ def pin_images(docs: list[dict[str, Any]], built: Mapping[str, str]) -> list[str
     return used
 
 
-def load_all(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+class ManifestError(ValueError):
+    """A manifest is not valid YAML; the message says where."""
+
+
+def load_all(text: str, *, source: str = "the manifests") -> list[dict[str, Any]]:
+    try:
+        return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ManifestError(f"{where}: invalid YAML: {reason}") from None
 
 
 def dump_all(docs: list[dict[str, Any]]) -> str:

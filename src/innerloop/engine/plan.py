@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from innerloop.config import Project, Service
+from innerloop.config import Problem, Project, Service
 from innerloop.deploy.devmode import DevMode, apply_dev_mode, find_container, original_command
 from innerloop.deploy.render import pin_images, pod_spec
 
@@ -24,6 +24,14 @@ AGENT_PORT = 47600
 
 class PlanError(ValueError):
     """The config and the manifests do not fit together; the message says how to fix it."""
+
+
+class PlanProblems(PlanError):
+    """Problems of the config against its manifests, each with its path in innerloop.yaml."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__("\n".join(map(str, problems)))
+        self.problems = list(problems)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,21 +72,128 @@ def token_secret_name(project: str, service: str) -> str:
     return f"innerloop-{project}-{service}-agent"
 
 
-def _workload(docs: Sequence[dict[str, Any]], service_name: str, service: Service) -> dict[str, Any]:
+def object_key(doc: Mapping[str, Any]) -> str:
+    """``kind/name``: what makes two manifests the same object in one namespace."""
+    return f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
+
+
+def _workload_key(doc: Mapping[str, Any]) -> str:
+    return f"{str(doc['kind']).lower()}/{doc['metadata']['name']}"
+
+
+def find_workload(docs: Sequence[dict[str, Any]], service_name: str, service: Service) -> dict[str, Any] | Problem:
+    """The workload a service develops on, from its own manifests; a :class:`Problem` when there is none."""
     candidates = [d for d in docs if d.get("kind") in WORKLOAD_KINDS]
     if service.workload:
-        kind, _, name = service.workload.partition("/")
         for d in candidates:
-            if str(d["kind"]).lower() == kind.lower() and d["metadata"]["name"] == name:
+            if _workload_key(d) == service.workload:
                 return d
-        raise PlanError(f"services.{service_name}.workload: no {service.workload} in its manifests")
+        found = ", ".join(_workload_key(d) for d in candidates) or "none"
+        return Problem(
+            ("services", service_name, "workload"),
+            f"no {service.workload} in this service's manifests (they define: {found})",
+        )
     if len(candidates) != 1:
-        found = ", ".join(f"{d['kind'].lower()}/{d['metadata']['name']}" for d in candidates) or "none"
-        raise PlanError(
-            f"services.{service_name}: its manifests have {len(candidates)} Deployments/StatefulSets ({found}); "
-            "set `workload:` to the one to develop on"
+        found = ", ".join(_workload_key(d) for d in candidates) or "none"
+        return Problem(
+            ("services", service_name, "manifests"),
+            f"these manifests have {len(candidates)} Deployments/StatefulSets ({found}); "
+            "set `workload:` to the one this service develops on",
         )
     return candidates[0]
+
+
+def _selects(service_doc: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
+    """A Service object whose selector matches a workload's pod labels belongs with that workload."""
+    selector = (service_doc.get("spec") or {}).get("selector") or {}
+    labels = ((workload.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def assign_objects(
+    project: Project, sources: Mapping[str, Sequence[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Which service applies each object, when several services' manifests share objects (pure).
+
+    One file for the whole app is the most common layout, so every object is
+    applied by exactly one service: a workload by the service that develops
+    on it (with its dev-mode patch), a Service object by the service whose
+    workload it selects, anything else by the first service to start that
+    lists it. Raises :class:`PlanProblems` with every problem (a workload
+    claimed twice, a workload no manifest defines, one object defined
+    differently by two services) before anything is deployed.
+    """
+    order = [name for wave in start_order(project) for name in wave]
+    problems: list[Problem] = []
+    claimed: dict[str, tuple[str, dict[str, Any]]] = {}  # object key -> (service, workload doc)
+    for name in project.services:
+        found = find_workload(sources[name], name, project.services[name])
+        if isinstance(found, Problem):
+            problems.append(found)
+            continue
+        key = object_key(found)
+        if key in claimed:
+            problems.append(
+                Problem(
+                    ("services", name, "workload" if project.services[name].workload else "manifests"),
+                    f"{_workload_key(found)} is already developed by service {claimed[key][0]!r}; "
+                    "a workload belongs to one service (set `workload:` to another one)",
+                )
+            )
+            continue
+        claimed[key] = (name, found)
+    first_seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    owner: dict[str, str] = {}
+    for name in order:
+        for doc in sources[name]:
+            key = object_key(doc)
+            if key not in first_seen:
+                first_seen[key] = (name, doc)
+            elif first_seen[key][1] != doc and first_seen[key][0] != name:
+                problems.append(
+                    Problem(
+                        ("services", name, "manifests"),
+                        f"{key} is also defined by service {first_seen[key][0]!r}, differently; "
+                        "one object must have one definition",
+                    )
+                )
+                continue
+            listers = [n for n in order if any(object_key(d) == key for d in sources[n])]
+            if key in claimed:
+                owner[key] = claimed[key][0]
+            elif doc.get("kind") == "Service" and len(listers) > 1:
+                selecting = [s for s, workload in claimed.values() if s in listers and _selects(doc, workload)]
+                owner[key] = selecting[0] if selecting else listers[0]
+            else:
+                owner.setdefault(key, listers[0])
+    if problems:
+        raise PlanProblems(problems)
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in project.services}
+    for name in order:
+        for doc in sources[name]:
+            key = object_key(doc)
+            if owner.get(key) == name and all(object_key(d) != key for d in out[name]):
+                out[name].append(doc)
+    return out
+
+
+def _sync_over_mounts(name: str, service: Service, container: Mapping[str, Any]) -> list[Problem]:
+    """Sync targets that are a volume the container already mounts: dev mode mounts its own there."""
+    mounts = [str(m.get("mountPath", "")).rstrip("/") for m in container.get("volumeMounts") or []]
+    problems = []
+    for i, rule in enumerate(service.sync):
+        target = rule.remote.rstrip("/")
+        for mount in mounts:
+            if target == mount or target.startswith(mount + "/"):
+                problems.append(
+                    Problem(
+                        ("services", name, "sync", i, "remote"),
+                        f"{rule.remote!r} is inside the volume the container mounts at {mount}: "
+                        "sync into the image's own files, outside the container's volumes",
+                    )
+                )
+                break
+    return problems
 
 
 def plan_service(
@@ -92,10 +207,15 @@ def plan_service(
 ) -> ServicePlan:
     service = project.services[name]
     pin_images(docs, {image_name: info.tag for image_name, info in built.items()})
-    workload = _workload(docs, name, service)
+    workload = find_workload(docs, name, service)
+    if isinstance(workload, Problem):
+        raise PlanProblems([workload])
     spec = pod_spec(workload)
     assert spec is not None
     container = find_container(spec, service.container)
+    mount_problems = _sync_over_mounts(name, service, container)
+    if mount_problems:
+        raise PlanProblems(mount_problems)
     selector = dict(workload["spec"].get("selector", {}).get("matchLabels") or {})
     if not selector:
         raise PlanError(f"services.{name}: {workload['metadata']['name']} has no selector.matchLabels")

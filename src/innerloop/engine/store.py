@@ -17,6 +17,20 @@ from typing import Any
 
 
 @dataclass
+class ReplicaStatus:
+    """One pod of a service, as its sync link sees it."""
+
+    pod: str
+    state: str = "connecting"  # connecting | syncing | in sync | reconnecting
+    syncs: int = 0
+    files_synced: int = 0
+    last_sync_ms: float | None = None
+    last_restart_ms: float | None = None
+    synced_at: float | None = None  # when its last batch (or the initial sync) finished
+    message: str = ""
+
+
+@dataclass
 class ServiceStatus:
     name: str
     phase: str = "pending"  # pending | building | deploying | running | syncing | error
@@ -28,6 +42,7 @@ class ServiceStatus:
     last_sync_ms: float | None = None
     last_restart_ms: float | None = None
     forwards: list[str] = field(default_factory=list)
+    replicas: dict[str, ReplicaStatus] = field(default_factory=dict)  # by pod name, dev-mode services only
     updated_at: float = field(default_factory=time.time)
 
 
@@ -58,6 +73,22 @@ class Store:
         status.updated_at = time.time()
         self.changed.set()
         self.changed = asyncio.Event()
+
+    def replica(self, service: str, pod: str) -> ReplicaStatus:
+        return self.service(service).replicas.setdefault(pod, ReplicaStatus(pod=pod))
+
+    def update_replica(self, service: str, pod: str, **changes: Any) -> None:  # noqa: ANN401 - fields of ReplicaStatus
+        replica = self.replica(service, pod)
+        for key, value in changes.items():
+            setattr(replica, key, value)
+        self.update(service)
+
+    def drop_replica(self, service: str, pod: str) -> None:
+        status = self.service(service)
+        status.replicas.pop(pod, None)
+        if status.pod == pod:
+            status.pod = next(iter(status.replicas), "")
+        self.update(service)
 
     def log(self, service: str, pod: str, text: str) -> None:
         entry = LogEntry(service=service, pod=pod, text=text, at=time.time())

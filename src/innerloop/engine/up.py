@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import functools
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import watchfiles
 from lightkube import ApiError, AsyncClient
@@ -24,14 +26,16 @@ from lightkube.resources.core_v1 import Namespace, Secret
 
 from innerloop.build.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
-from innerloop.config import ConfigError, Project, load_config
+from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
 from innerloop.engine.plan import (
     BuiltImageInfo,
     PlanError,
+    PlanProblems,
     ServicePlan,
+    assign_objects,
     plan_service,
     start_order,
     token_secret_name,
@@ -39,7 +43,8 @@ from innerloop.engine.plan import (
 from innerloop.engine.sources import build_service_image, read_manifests
 from innerloop.engine.store import Store
 from innerloop.engine.target import Target, UpError
-from innerloop.forward.forward import ForwardEvent, PortForward
+from innerloop.forward.forward import ForwardError, ForwardEvent, PortForward
+from innerloop.forward.local_port import port_in_use
 from innerloop.logs.follower import LogFollower
 from innerloop.logs.lines import LogLine, color_index, format_line
 from innerloop.sync.session import SyncSession
@@ -96,6 +101,7 @@ class DevLoop:
         self.built: dict[str, BuiltImageInfo] = {}
         self.agent_tag = ""
         self.tokens: dict[str, str] = {}
+        self.forwards: list[tuple[str, PortForward]] = []
 
     # -- build and deploy -------------------------------------------------------
 
@@ -123,19 +129,55 @@ class DevLoop:
             self.target.load_image(agent)
         self.agent_tag = agent.tag
 
+    def _objects(self) -> dict[str, list[dict[str, Any]]]:
+        """Every service's manifests, each object given to the one service that applies it.
+
+        A file shared by several services is read for each and its objects
+        assigned once (:func:`assign_objects`); what cannot be served is
+        refused here with ``file:line:col``, before anything is deployed.
+        """
+        sources = {
+            name: read_manifests(self.root, name, service, kubectl=self.target.kubectl, helm=self.target.helm)
+            for name, service in self.project.services.items()
+        }
+        try:
+            return assign_objects(self.project, sources)
+        except PlanProblems as err:
+            raise locate_problems(self.config_path, err.problems) from None
+
+    def _plan(self, name: str, docs: list[dict[str, Any]], *, token: str) -> ServicePlan:
+        try:
+            return plan_service(
+                project=self.project,
+                name=name,
+                docs=docs,
+                built=self.built,
+                agent_image=self.agent_tag,
+                token=token,
+            )
+        except PlanProblems as err:
+            raise locate_problems(self.config_path, err.problems) from None
+
+    def check(self) -> dict[str, ServicePlan]:
+        """Plan every service without building anything: refuse what `up` cannot serve, learn the selectors."""
+        objects = self._objects()
+        saved = self.built
+        # Images are not built yet: stand-ins with an entrypoint, since the Dockerfile may give the command.
+        self.built = {
+            s.image.name: BuiltImageInfo(tag=f"{s.image.name}:unbuilt", entrypoint=["(the image's)"])
+            for s in self.project.services.values()
+            if s.image is not None
+        }
+        try:
+            return {name: self._plan(name, copy.deepcopy(objects[name]), token="") for name in self.project.services}
+        finally:
+            self.built = saved
+
     async def _apply_service(self, client: AsyncClient, name: str) -> None:
         """Render one service (built tags pinned, dev-mode patch) and apply it."""
         if name not in self.tokens:
             self.tokens[name] = await existing_token(client, self.project.name, name, self.namespace)
-        service = self.project.services[name]
-        plan = plan_service(
-            project=self.project,
-            name=name,
-            docs=read_manifests(self.root, name, service, kubectl=self.target.kubectl, helm=self.target.helm),
-            built=self.built,
-            agent_image=self.agent_tag,
-            token=self.tokens[name],
-        )
+        plan = self._plan(name, self._objects()[name], token=self.tokens[name])
         self.plans[name] = plan
         self.store.update(name, phase="deploying")
         await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
@@ -155,6 +197,10 @@ class DevLoop:
     async def deploy(self, client: AsyncClient) -> None:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
         await ensure_namespace(client, self.namespace)
+        # Then refuse what cannot work (the config against its manifests, a local port in use)
+        # before building or deploying anything.
+        checked = await asyncio.to_thread(self.check)
+        await self._listen(checked)
         await asyncio.to_thread(self.build)
         for wave in start_order(self.project):
             for name in wave:
@@ -169,13 +215,49 @@ class DevLoop:
         with project_lock(self.root):
             await self._run(ready)
 
+    async def _listen(self, plans: dict[str, ServicePlan]) -> None:
+        """Bind every forwarded local port now, so a port in use stops `up` before it deploys."""
+        problems: list[Problem] = []
+        for name, plan in plans.items():
+            for i, port in enumerate(self.project.services[name].ports):
+                forward = PortForward(
+                    self.target.conn,
+                    namespace=self.namespace,
+                    selector=plan.selector,
+                    remote_port=port.remote,
+                    local_port=port.local if port.local is not None else int(port.remote),
+                    address=port.address,
+                    on_event=functools.partial(self._forward_event, name),
+                )
+                try:
+                    await forward.start()
+                except ForwardError as err:
+                    field = "local" if port.local is not None else "remote"
+                    problems.append(Problem(("services", name, "ports", i, field), port_in_use(port, err)))
+                    continue
+                self.forwards.append((name, forward))
+        if problems:
+            for _, forward in self.forwards:
+                forward.close()
+            self.forwards.clear()
+            raise locate_problems(self.config_path, problems)
+
     async def _run(self, ready: asyncio.Event | None) -> None:
         client = self.target.conn.client()
         try:
             await self.deploy(client)
+        except BaseException:
+            for _, forward in self.forwards:
+                forward.close()
+            raise
         finally:
             await client.close()
         async with serve(self.store, self.root), asyncio.TaskGroup() as tg:
+            for name, forward in self.forwards:
+                remote = forward.target.rsplit(":", 1)[1]
+                tg.create_task(forward.run(), name=f"forward-{name}-{forward.local_port}")
+                self.store.service(name).forwards.append(f"{forward.status.address}:{forward.local_port} -> {remote}")
+                self.report(f"{name}: forwarding {forward.status.address}:{forward.local_port} -> {remote}")
             for name, plan in self.plans.items():
                 service = self.project.services[name]
                 if plan.dev_mode:
@@ -191,21 +273,6 @@ class DevLoop:
                         report=self.report,
                     )
                     tg.create_task(session.run(), name=f"sync-{name}")
-                for port in service.ports:
-                    local = port.local if port.local is not None else int(port.remote)
-                    forward = PortForward(
-                        self.target.conn,
-                        namespace=self.namespace,
-                        selector=plan.selector,
-                        remote_port=port.remote,
-                        local_port=local,
-                        address=port.address,
-                        on_event=functools.partial(self._forward_event, name),
-                    )
-                    await forward.start()
-                    tg.create_task(forward.run(), name=f"forward-{name}-{local}")
-                    self.store.service(name).forwards.append(f"{port.address}:{local} -> {port.remote}")
-                    self.report(f"{name}: forwarding {port.address}:{local} -> {port.remote}")
                 tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
                 tg.create_task(self._redeploy_on_changes(name), name=f"redeploy-{name}")
             if ready is not None:

@@ -227,6 +227,11 @@ class PortForward:
         self._bound_port = int(self._server.sockets[0].getsockname()[1])
         self._emit("listening", f"listening on {self._address}:{self._bound_port} for {self.target}")
 
+    def close(self) -> None:
+        """Give the local port back when ``run()`` will not be called after ``start()``."""
+        if self._server is not None and self._task is None:
+            self._server.close()
+
     async def run(self) -> None:
         """Serve until cancelled; cancelling closes the port and every connection."""
         await self.start()

@@ -6,10 +6,16 @@ the agent (a port-forward to the agent's loopback port in the pod, through
 the API server), and the loop that turns each batch of changes into one
 ``sync.apply`` and, when configured, one ``process.restart``.
 
-When the pod goes away (deleted, rolled, evicted) the session finds the next
-ready pod, reconnects and runs the initial comparison again: files are
-compared by content hash with the agent's tree, so edits made meanwhile
-arrive and nothing unchanged is sent twice.
+Every replica of the workload is synced: the session follows the pods
+(``k8s/watching.py``) and keeps one link per running dev-mode pod, each with
+its own connection, its own record of what that agent has, and its own
+queue of changed paths, so the replicas are served in parallel, one batch
+each, and a slow or restarting pod delays only itself. A replica that
+appears later (scale-up, rollout, eviction) first gets the initial
+comparison: files are compared by content hash with its agent's tree, so it
+receives the current tree and nothing unchanged is sent twice. Two-way
+roots are pulled from one replica (the first connected); what comes home is
+then pushed to the others like any local edit.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lightkube.resources.core_v1 import Pod
 
@@ -29,6 +35,7 @@ from innerloop.config import Service
 from innerloop.deploy.devmode import DEV_MODE_ANNOTATION
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.k8s.streams import PortForwardByteStream, StreamError
+from innerloop.k8s.watching import PodSnapshot, watch_pods
 from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
 from innerloop.protocol.session import SessionClosed
 from innerloop.sync.ignore import SyncScope, load_scope
@@ -50,7 +57,6 @@ class SyncRoot:
     remote: str
     scope: SyncScope
     two_way: bool = False
-    sent: dict[str, str] = field(default_factory=dict)  # relative path -> sha256 the agent has
 
     def relative(self, path: Path) -> str | None:
         try:
@@ -58,6 +64,43 @@ class SyncRoot:
         except ValueError:
             return None
         return None if rel in ("", ".") or self.scope.ignores(rel) or is_conflict_copy(rel) else rel
+
+
+@dataclass
+class Replica:
+    """One pod's side of the session: what its agent has, and what changed since."""
+
+    pod: str
+    sent: list[dict[str, str]]  # per root: relative path -> sha256 this agent has
+    dirty: set[tuple[int, str]] = field(default_factory=set)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark(self, changes: set[tuple[int, str]]) -> None:
+        if changes:
+            self.dirty |= changes
+            self.wake.set()
+
+
+def syncable_pods(snapshot: PodSnapshot, container: str) -> list[str]:
+    """The pods a session links to, oldest first (pure): dev mode, running, not being deleted.
+
+    Not "Ready": the agent serves as soon as the container runs, and an app
+    whose readiness fails (a bug just saved) must still receive the fix.
+    """
+    found = []
+    for name, pod in snapshot.items():
+        meta, status = pod.metadata, pod.status
+        if meta is None or status is None or meta.deletionTimestamp is not None:
+            continue
+        if (meta.annotations or {}).get(DEV_MODE_ANNOTATION) != "true" or status.phase != "Running":
+            continue
+        running = any(
+            c.name == container and c.state is not None and c.state.running is not None
+            for c in status.containerStatuses or []
+        )
+        if running:
+            found.append((meta.creationTimestamp.timestamp() if meta.creationTimestamp else 0.0, name))
+    return [name for _, name in sorted(found)]
 
 
 def covered_files(scanner: Scanner, root: SyncRoot) -> dict[str, str]:
@@ -116,14 +159,14 @@ class SyncSession:
             for r in config.sync
         ]
         self._scanner = Scanner()
-        self._dirty: set[tuple[int, str]] = set()
-        self._wake = asyncio.Event()
+        self._replicas: dict[str, Replica] = {}
+        self._primary: str | None = None  # the replica two-way roots are pulled from
         self.connected = asyncio.Event()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name=f"watch-{self._service}")
-            tg.create_task(self._serve(), name=f"sync-{self._service}")
+            tg.create_task(self._follow_replicas(), name=f"sync-{self._service}")
 
     # -- watching -------------------------------------------------------------
 
@@ -135,182 +178,234 @@ class SyncSession:
         async with FileWatch(roots, step_ms=10, debounce_ms=50) as watch:
             self._report(f"{self._service}: watching {watch.folders} folders ({watch.ready_seconds * 1000:.0f} ms)")
             async for batch in watch:
-                for root_path, changes in batch.changes.items():
-                    i = index[root_path.absolute()]
-                    for change in changes:
-                        self._dirty.add((i, change.path))
-                if self._dirty:
-                    self._wake.set()
+                changes = {
+                    (index[root_path.absolute()], change.path)
+                    for root_path, root_changes in batch.changes.items()
+                    for change in root_changes
+                }
+                self._mark_all(changes)
 
-    # -- the connection ----------------------------------------------------------
+    def _mark_all(self, changes: set[tuple[int, str]]) -> None:
+        for replica in self._replicas.values():
+            replica.mark(changes)
 
-    async def _ready_pod(self) -> str:
+    # -- the replicas -------------------------------------------------------------
+
+    async def _follow_replicas(self) -> None:
+        """One link per syncable pod: started when the pod runs, cancelled when it goes."""
         client = self._conn.client()
-        labels: dict[str, Any] = dict(self._plan.selector)
+        links: dict[str, asyncio.Task[None]] = {}
         try:
-            while True:
-                pods = [p async for p in client.list(Pod, namespace=self._namespace, labels=labels)]
-                ready = []
-                for p in pods:
-                    meta, status = p.metadata, p.status
-                    if meta is None or status is None or meta.deletionTimestamp is not None:
-                        continue
-                    if (meta.annotations or {}).get(DEV_MODE_ANNOTATION) != "true":
-                        continue
-                    conditions = {c.type: c.status for c in status.conditions or []}
-                    if status.phase == "Running" and conditions.get("ContainersReady") == "True":
-                        ready.append((meta.creationTimestamp, meta.name))
-                if ready:
-                    return str(max(ready)[1])
-                await asyncio.sleep(0.25)
+            async with asyncio.TaskGroup() as tg:
+                async for snapshot in watch_pods(client, namespace=self._namespace, labels=self._plan.selector):
+                    wanted = syncable_pods(snapshot, self._plan.container)
+                    for pod in [p for p in links if p not in snapshot or _leaving(snapshot[p])]:
+                        links.pop(pod).cancel()
+                        self._forget(pod)
+                    for pod in wanted:
+                        if pod not in links:
+                            self._replicas[pod] = Replica(pod=pod, sent=[{} for _ in self.roots])
+                            links[pod] = tg.create_task(self._link(self._replicas[pod]), name=f"sync-{pod}")
         finally:
             await client.close()
 
-    async def _serve(self) -> None:
-        while True:
-            pod = await self._ready_pod()
-            try:
-                stream = await PortForwardByteStream.open(
-                    self._conn, namespace=self._namespace, pod=pod, port=self._plan.agent_port
-                )
-                async with await AgentClient.connect(stream, token=self._token) as agent:
-                    self._store.update(self._service, pod=pod, phase="running")
-                    await self._initial_sync(agent)
-                    self.connected.set()
-                    two_way = any(r.two_way for r in self.roots)
-                    while True:
-                        if two_way:
-                            try:
-                                await asyncio.wait_for(self._wake.wait(), PULL_INTERVAL_S)
-                            except TimeoutError:
-                                await self._pull(agent)
-                                continue
-                        else:
-                            await self._wake.wait()
-                        self._wake.clear()
-                        await self._sync_dirty(agent)
-            except (AgentError, SessionClosed, StreamError, ConnectionError, TimeoutError) as err:
-                self.connected.clear()
-                self._store.update(self._service, message=f"reconnecting: {err}")
-                self._report(f"{self._service}: lost the agent in {pod} ({err}); reconnecting")
-                await asyncio.sleep(0.2)
+    def _forget(self, pod: str) -> None:
+        self._replicas.pop(pod, None)
+        if self._primary == pod:
+            self._primary = None
+        self._store.drop_replica(self._service, pod)
+        if not self._replicas:
+            self.connected.clear()
 
-    async def _initial_sync(self, agent: AgentClient) -> None:
+    async def _link(self, replica: Replica) -> None:
+        """Keep one replica in sync until cancelled; a lost connection is opened again."""
+        delay = 0.2
+        while True:
+            try:
+                await self._serve(replica)
+            except (AgentError, SessionClosed, StreamError, ConnectionError, TimeoutError) as err:
+                if self._primary == replica.pod:
+                    self._primary = None
+                self._store.update_replica(self._service, replica.pod, state="reconnecting", message=str(err))
+                self._report(f"{self._service}: lost the agent in {replica.pod} ({err}); reconnecting")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _serve(self, replica: Replica) -> None:
+        self._store.update_replica(self._service, replica.pod, state="connecting", message="")
+        stream = await PortForwardByteStream.open(
+            self._conn, namespace=self._namespace, pod=replica.pod, port=self._plan.agent_port
+        )
+        async with await AgentClient.connect(stream, token=self._token) as agent:
+            replica.dirty.clear()  # the initial comparison covers everything changed until now
+            replica.wake.clear()
+            self._store.update_replica(self._service, replica.pod, state="syncing")
+            await self._initial_sync(agent, replica)
+            if self._primary is None:
+                self._primary = replica.pod
+            self._store.update_replica(self._service, replica.pod, state="in sync", synced_at=time.time())
+            self._store.update(self._service, pod=self._primary or replica.pod, phase="running", message="")
+            self.connected.set()
+            two_way = any(r.two_way for r in self.roots)
+            while True:
+                if two_way:
+                    try:
+                        await asyncio.wait_for(replica.wake.wait(), PULL_INTERVAL_S)
+                    except TimeoutError:
+                        if self._primary is None:
+                            self._primary = replica.pod
+                        if self._primary == replica.pod:
+                            await self._pull(agent, replica)
+                        continue
+                else:
+                    await replica.wake.wait()
+                replica.wake.clear()
+                await self._sync_dirty(agent, replica)
+
+    async def _initial_sync(self, agent: AgentClient, replica: Replica) -> None:
         total_files = 0
-        for root in self.roots:
+        for i, root in enumerate(self.roots):
             local = await asyncio.to_thread(covered_files, self._scanner, root)
             remote = await agent.tree(root.remote)
             uploads = [rel for rel, sha in local.items() if remote.get(rel) != sha]
             if root.two_way:
                 # What only the container has was made there: it comes home with the next pull.
                 deletes = []
-                root.sent = {rel: sha for rel, sha in remote.items() if rel in local}
+                replica.sent[i] = {rel: sha for rel, sha in remote.items() if rel in local}
             else:
                 deletes = [rel for rel in remote if rel not in local and root.scope.covers(rel)]
-                root.sent = {rel: sha for rel, sha in remote.items() if rel not in deletes}
+                replica.sent[i] = {rel: sha for rel, sha in remote.items() if rel not in deletes}
             if uploads or deletes:
-                await self._send(agent, root, uploads, deletes, local)
+                await self._send(agent, replica, i, uploads, deletes, local)
                 total_files += len(uploads) + len(deletes)
         if total_files and self._config.restart == "process":
             await self._restart(agent)
-        self._report(f"{self._service}: in sync ({total_files} files sent)")
+        self._report(f"{self._service}: in sync{self._where(replica)} ({total_files} files sent)")
 
-    async def _sync_dirty(self, agent: AgentClient) -> None:
+    def _where(self, replica: Replica) -> str:
+        """The pod's name in messages, once there is more than one to tell apart."""
+        return f" in {replica.pod}" if len(self._replicas) > 1 else ""
+
+    async def _sync_dirty(self, agent: AgentClient, replica: Replica) -> None:
         started = time.perf_counter()
-        dirty, self._dirty = self._dirty, set()
+        dirty, replica.dirty = replica.dirty, set()
         sent_any = False
         changed: list[str] = []
         for i, root in enumerate(self.roots):
+            sent = replica.sent[i]
             paths = sorted(rel for j, rel in dirty if j == i)
             uploads, deletes, hashes = [], [], {}
             for rel in paths:
                 full = root.local / rel
                 if full.is_file() and not full.is_symlink():
                     sha = await asyncio.to_thread(hash_file, str(full))
-                    if root.sent.get(rel) != sha:  # unchanged content (mtime churn) sends nothing
+                    if sent.get(rel) != sha:  # unchanged content (mtime churn) sends nothing
                         uploads.append(rel)
                         hashes[rel] = sha
-                elif not full.exists() and rel in root.sent:
+                elif not full.exists() and rel in sent:
                     deletes.append(rel)
                 elif full.is_dir():  # a folder appeared (moved in, unpacked): everything below it
                     covered = await asyncio.to_thread(covered_files, self._scanner, root)
                     for rel_sub, sha in covered.items():
-                        if rel_sub.startswith(f"{rel}/") and root.sent.get(rel_sub) != sha:
+                        if rel_sub.startswith(f"{rel}/") and sent.get(rel_sub) != sha:
                             uploads.append(rel_sub)
                             hashes[rel_sub] = sha
-            deletes += [
-                p for p in root.sent if any(p.startswith(d + "/") for d in paths) and not (root.local / p).exists()
-            ]
+            deletes += [p for p in sent if any(p.startswith(d + "/") for d in paths) and not (root.local / p).exists()]
             if uploads or deletes:
-                await self._send(agent, root, uploads, sorted(set(deletes)), hashes)
+                await self._send(agent, replica, i, uploads, sorted(set(deletes)), hashes)
                 sent_any = True
                 changed += uploads + deletes
         if not sent_any:
             return
         sync_ms = (time.perf_counter() - started) * 1000
         # The files are in the container now (before any restart): readers time "file visible" on this.
-        status = self._store.service(self._service)
-        self._store.update(
-            self._service, files_synced=status.files_synced + len(changed), last_sync_ms=round(sync_ms, 1)
+        mine = self._store.replica(self._service, replica.pod)
+        self._store.update_replica(
+            self._service, replica.pod, files_synced=mine.files_synced + len(changed), last_sync_ms=round(sync_ms, 1)
         )
+        if replica.pod == self._primary:
+            status = self._store.service(self._service)
+            self._store.update(
+                self._service, files_synced=status.files_synced + len(changed), last_sync_ms=round(sync_ms, 1)
+            )
         for argv in steps_for(self._config, changed):
             done = await agent.run(argv)
-            self._report(f"{self._service}: ran {' '.join(argv)} -> exit {done.exit_code}")
+            self._report(f"{self._service}: ran {' '.join(argv)}{self._where(replica)} -> exit {done.exit_code}")
         restart_ms = None
         if self._config.restart == "process":
             restart_ms = await self._restart(agent)
-        self._store.update(self._service, syncs=status.syncs + 1, last_restart_ms=restart_ms)
+        self._store.update_replica(
+            self._service,
+            replica.pod,
+            syncs=mine.syncs + 1,
+            last_restart_ms=restart_ms,
+            state="in sync",
+            synced_at=time.time(),
+        )
+        if replica.pod == self._primary:
+            status = self._store.service(self._service)
+            self._store.update(self._service, syncs=status.syncs + 1, last_restart_ms=restart_ms)
         extra = f", restarted in {restart_ms:.0f} ms" if restart_ms is not None else ""
-        self._report(f"{self._service}: synced {len(changed)} file(s) in {sync_ms:.0f} ms{extra}")
+        self._report(f"{self._service}: synced {len(changed)} file(s){self._where(replica)} in {sync_ms:.0f} ms{extra}")
 
-    async def _send(
-        self, agent: AgentClient, root: SyncRoot, uploads: list[str], deletes: list[str], hashes: dict[str, str]
+    async def _send(  # noqa: PLR0917 - private, called in three places with the same six
+        self,
+        agent: AgentClient,
+        replica: Replica,
+        i: int,
+        uploads: list[str],
+        deletes: list[str],
+        hashes: dict[str, str],
     ) -> None:
+        root, sent = self.roots[i], replica.sent[i]
         files = [FileUpload.from_file(rel, root.local / rel, sha256=hashes.get(rel)) for rel in uploads]
         await agent.apply(SyncBatch(root=root.remote, files=files, deletes=deletes))
         for upload in files:
-            root.sent[upload.meta.path] = upload.meta.sha256
+            sent[upload.meta.path] = upload.meta.sha256
         for rel in deletes:
-            root.sent.pop(rel, None)
+            sent.pop(rel, None)
 
-    async def _pull(self, agent: AgentClient) -> None:
+    async def _pull(self, agent: AgentClient, replica: Replica) -> None:
         """Two-way roots: bring the container's changes home; conflicts keep both copies."""
         for i, root in enumerate(self.roots):
             if not root.two_way:
                 continue
+            sent = replica.sent[i]
             remote = {p: sha for p, sha in (await agent.tree(root.remote)).items() if root.scope.covers(p)}
-            paths = concerned(remote, root.sent)
+            paths = concerned(remote, sent)
             if not paths:
                 continue
             local = {p: hash_file(str(root.local / p)) if (root.local / p).is_file() else None for p in paths}
-            for change in reconcile(remote=remote, sent=root.sent, local=local):
+            for change in reconcile(remote=remote, sent=sent, local=local):
                 target = root.local / change.path
                 if change.kind == "adopt" and change.sha256:
-                    root.sent[change.path] = change.sha256
+                    sent[change.path] = change.sha256
                 elif change.kind == "download" and change.sha256:
                     data, mode = await agent.read(root.remote, change.path)
-                    root.sent[change.path] = change.sha256  # first: the watcher's event then sends nothing
+                    sent[change.path] = change.sha256  # first: the watcher's event then sends nothing here
                     write_atomically(target, data, mode)
                     self._report(f"{self._service}: {change.path} changed in the container: copied here")
                 elif change.kind == "conflict" and change.sha256:
                     data, mode = await agent.read(root.remote, change.path)
                     copy = root.local / conflict_name(change.path, change.sha256)
                     write_atomically(copy, data, mode)
-                    self._dirty.add((i, change.path))  # the local version wins in the container
-                    self._wake.set()
+                    self._mark_all({(i, change.path)})  # the local version wins in every container
                     self._report(
                         f"{self._service}: {change.path} changed on both sides: kept yours, "
                         f"the container's is in {copy.relative_to(root.local)}"
                     )
                 elif change.kind == "delete-local":
-                    root.sent.pop(change.path, None)
+                    sent.pop(change.path, None)
                     target.unlink(missing_ok=True)
                     self._report(f"{self._service}: {change.path} was deleted in the container: deleted here")
                 elif change.kind == "push":
-                    self._dirty.add((i, change.path))
-                    self._wake.set()
+                    replica.mark({(i, change.path)})
 
     async def _restart(self, agent: AgentClient) -> float:
         started = time.perf_counter()
         await agent.restart()
         return round((time.perf_counter() - started) * 1000, 1)
+
+
+def _leaving(pod: Pod) -> bool:
+    return pod.metadata is not None and pod.metadata.deletionTimestamp is not None

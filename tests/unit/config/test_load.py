@@ -96,7 +96,7 @@ class TestPositions:
         )
         assert line == (
             "innerloop.yaml:8:16: services.api.ports.0.local: Input should be a valid integer, got 'eighty' "
-            "(expected: an integer from 1 to 65535)"
+            "(expected: an integer from 0 to 65535)"
         )
 
     def test_unknown_key_points_at_the_key_and_suggests_the_spelling(self) -> None:

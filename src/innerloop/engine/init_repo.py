@@ -110,7 +110,8 @@ class Workload:
 
     @property
     def ref(self) -> str:
-        return f"{self.kind}/{self.name or '?'}"
+        """``deployment/api``, as ``workload:`` writes it; for a name a chart computes, what it is."""
+        return f"{self.kind}/{self.name}" if self.name else f"the {self.kind} of {self.source.path}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -484,17 +485,17 @@ def _calls(name: str) -> re.Pattern[str]:
     )
 
 
-def _callers(files: Mapping[str, str], service: RepoService) -> Iterator[tuple[str, str]]:
-    """(where, text) for everything that may name another Service: the app's code, the workload's env."""
+def _callers(files: Mapping[str, str], service: RepoService) -> Iterator[tuple[str, str, bool]]:
+    """(where, text, a file?) for everything that may name another Service: the app's code, the workload's env."""
     if service.app is not None:
         for path, text in sorted(files.items()):
             base = posixpath.basename(path)
             if _under(path, service.app.folder) and path.endswith(CALLER_SUFFIXES) and base not in NOT_CALLERS:
-                yield path, text
+                yield path, text, True
     if service.workload is not None:
         for container in service.workload.containers:
             for value in container.env:
-                yield f"{service.workload.path} ({service.workload.ref} env)", value
+                yield f"{service.workload.path} ({service.workload.ref} env)", value, False
 
 
 def _depends(
@@ -518,7 +519,7 @@ def _depends(
         return False
 
     for service in services:
-        for where, text in _callers(files, service):
+        for where, text, is_file in _callers(files, service):
             for kube, pattern in patterns.items():
                 target = owners[kube]
                 if target == service.name or target in graph[service.name]:
@@ -527,7 +528,7 @@ def _depends(
                 if match is None:
                     continue
                 line = text.count("\n", 0, match.start()) + 1
-                place = where if "(" in where else f"{where}:{line}"
+                place = f"{where}:{line}" if is_file else where
                 if reaches(target, service.name):
                     notes.append(
                         f"{service.name} calls {kube} ({place}), but {target} already depends on {service.name}: "
@@ -577,67 +578,15 @@ def plan_repo(files: Mapping[str, str], *, name: str) -> RepoPlan:
     taken: set[str] = set()
     used_ports: dict[int, str] = {}
     for app in apps:
-        base = service_name(posixpath.basename(app.folder))
-        service = _unique(base, taken, service_name(app.folder))
-        taken.add(service)
-        detected = app.detected
-        found = (
-            f"a Dockerfile in {app.folder}/"
-            if detected.kind == "dockerfile"
-            else f"{detected.kind.capitalize()} app in {app.folder}/ ({detected.entry})"
-        )
-        # Where the port was found, from the root: "api/app.py:14, PORT default".
-        source = re.sub(r"^(?=[^\s,:]+:\d+, )", f"{app.folder}/", detected.port_source)
-        reasons = [f"{found}; port {detected.port}: {source}"]
-        port = detected.port
-        workload, container, why = pairs.get(app.folder, (None, None, ""))
-        if workload is not None and container is not None:
-            reasons.append(f"{workload.ref} in {workload.path}: {why}")
-            if container.ports and port not in container.ports:
-                if detected.port_source.startswith("no port found"):
-                    port = container.ports[0]
-                    reasons[0] = f"{found}; port {port}: containerPort in {workload.path}"
-                else:
-                    notes.append(
-                        f"{service}: {app.folder}/ listens on {port} ({detected.port_source}), but {workload.ref} "
-                        f"declares containerPort {', '.join(map(str, container.ports))}"
-                    )
-            if workload.replicas > 1:
-                notes.append(
-                    f"{service}: {workload.ref} runs {workload.replicas} replicas, each in dev mode; for one copy "
-                    f"of the app while developing, set replicas: 1 in {workload.path} (init leaves it as it is)"
-                )
-            if len(workload.containers) > 1 and container.name:
-                others = ", ".join(c.name or c.image for c in workload.containers if c is not container)
-                reasons.append(f"container {container.name} (next to {others})")
-            image = strip_tag(container.image)
-            if not re.fullmatch(IMAGE_NAME_PATTERN, image):
-                notes.append(f"{service}: {workload.ref}'s image {container.image} is computed; set image.name")
-                image = base
-            written = None
-        else:
-            image = base
-            written = f"{manifest_folder}/{service}.yaml"
-            reasons.append(f"no workload in the manifests runs it: {written} is written for it")
-        local = port
-        while local in used_ports:
-            local += 1
-        if local != port:
-            reasons.append(f"local port {local}: {port} is forwarded for {used_ports[port]}")
-        used_ports[local] = service
-        notes += [f"{service} ({app.folder}/): {n}" for n in detected.notes]
         services.append(
-            RepoService(
-                name=service,
-                app=app,
-                workload=workload,
-                container=container,
-                files=_files_of(workload, manifests) if workload else (written,) if written else (),
-                written_manifest=written,
-                image_name=image,
-                port=port,
-                local_port=local,
-                reasons=tuple(reasons),
+            _app_service(
+                app,
+                pairs=pairs,
+                manifests=manifests,
+                taken=taken,
+                used_ports=used_ports,
+                manifest_folder=manifest_folder,
+                notes=notes,
             )
         )
     for workload in manifests.workloads:
@@ -680,6 +629,80 @@ def plan_repo(files: Mapping[str, str], *, name: str) -> RepoPlan:
         workload_count=len(manifests.workloads),
         notes=tuple(notes),
         source_workloads=per_source,
+    )
+
+
+def _app_service(
+    app: App,
+    *,
+    pairs: Mapping[str, tuple[Workload, Container, str]],
+    manifests: ExistingManifests,
+    taken: set[str],
+    used_ports: dict[int, str],
+    manifest_folder: str,
+    notes: list[str],
+) -> RepoService:
+    """The service of one app: its workload (or the manifests written for it), image, sync and forward."""
+    base = service_name(posixpath.basename(app.folder))
+    service = _unique(base, taken, service_name(app.folder))
+    taken.add(service)
+    detected = app.detected
+    found = (
+        f"a Dockerfile in {app.folder}/"
+        if detected.kind == "dockerfile"
+        else f"{detected.kind.capitalize()} app in {app.folder}/ ({detected.entry})"
+    )
+    # Where the port was found, from the root: "api/app.py:14, PORT default".
+    source = re.sub(r"^(?=[^\s,:]+:\d+, )", f"{app.folder}/", detected.port_source)
+    reasons = [f"{found}; port {detected.port}: {source}"]
+    port = detected.port
+    workload, container, why = pairs.get(app.folder, (None, None, ""))
+    if workload is not None and container is not None:
+        reasons.append(f"{workload.ref} in {workload.path}: {why}")
+        if container.ports and port not in container.ports:
+            if detected.port_source.startswith("no port found"):
+                port = container.ports[0]
+                reasons[0] = f"{found}; port {port}: containerPort in {workload.path}"
+            else:
+                notes.append(
+                    f"{service}: {app.folder}/ listens on {port} ({detected.port_source}), but {workload.ref} "
+                    f"declares containerPort {', '.join(map(str, container.ports))}"
+                )
+        if workload.replicas > 1:
+            notes.append(
+                f"{service}: {workload.ref} runs {workload.replicas} replicas, each in dev mode; for one copy "
+                f"of the app while developing, set replicas: 1 in {workload.path} (init leaves it as it is)"
+            )
+        if len(workload.containers) > 1 and container.name:
+            others = ", ".join(c.name or c.image for c in workload.containers if c is not container)
+            reasons.append(f"container {container.name} (next to {others})")
+        image = strip_tag(container.image)
+        if not re.fullmatch(IMAGE_NAME_PATTERN, image):
+            notes.append(f"{service}: {workload.ref}'s image {container.image} is computed; set image.name")
+            image = base
+        written = None
+    else:
+        image = base
+        written = f"{manifest_folder}/{service}.yaml"
+        reasons.append(f"no workload in the manifests runs it: {written} is written for it")
+    local = port
+    while local in used_ports:
+        local += 1
+    if local != port:
+        reasons.append(f"local port {local}: {port} is forwarded for {used_ports[port]}")
+    used_ports[local] = service
+    notes += [f"{service} ({app.folder}/): {n}" for n in detected.notes]
+    return RepoService(
+        name=service,
+        app=app,
+        workload=workload,
+        container=container,
+        files=_files_of(workload, manifests) if workload else (written,) if written else (),
+        written_manifest=written,
+        image_name=image,
+        port=port,
+        local_port=local,
+        reasons=tuple(reasons),
     )
 
 

@@ -159,9 +159,9 @@ def status(config_file: str | None, as_json: bool) -> None:
 
 
 @click.command()
-@config_option
+@click.option("--file", "config_file", help="innerloop.yaml (default: found upwards from here)")
 @click.argument("service", required=False)
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (like kubectl logs -f).")
 def logs(config_file: str | None, service: str | None, follow: bool) -> None:
     """Logs of every service (or one), from a running `innerloop up`."""
 
@@ -180,5 +180,9 @@ def logs(config_file: str | None, service: str | None, follow: bool) -> None:
                 colour = color_index(entry["service"]) if sys.stdout.isatty() else None
                 click.echo(format_line(line, colour, 12))
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(stream())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(stream())
+    except aiohttp.ClientError as err:
+        click.echo(f"error: cannot reach `innerloop up`: {err}", err=True)
+        sys.exit(1)

@@ -98,11 +98,23 @@ def helm_template_argv(root: Path, release: str, chart: Helm, *, helm: str = "he
 
 _UNAUTHORIZED = re.compile(r"\b(401|403)\b|unauthori[sz]ed|authentication required|denied", re.I)
 _UNREACHABLE = re.compile(
-    r"connection refused|no such host|i/o timeout|network is unreachable|no route to host|"
-    r"context deadline exceeded|tls:|x509:|server gave HTTP response to HTTPS client",
+    r"connection refused|no such host|i/o timeout|network is unreachable|no route to host|context deadline exceeded",
     re.I,
 )
+_UNTRUSTED = re.compile(r"x509:|failed to verify certificate", re.I)
+_PLAIN_HTTP = re.compile(r"does not look like a TLS handshake|server gave HTTP response to HTTPS client", re.I)
 _NOT_FOUND = re.compile(r"\bnot found\b|\b404\b|manifest unknown|name unknown", re.I)
+
+
+def _tls_failure(detail: str, *, where: str, source: str, plain_fix: str) -> str | None:
+    if _UNTRUSTED.search(detail):
+        return (
+            f"{where}: {source} has a certificate this machine does not trust ({detail}): add its CA to the "
+            "system's trust store (or point SSL_CERT_FILE at a bundle that has it)"
+        )
+    if _PLAIN_HTTP.search(detail):
+        return f"{where}: {source} answers plain HTTP where helm speaks HTTPS ({detail}): {plain_fix}"
+    return None
 
 
 def explain_helm_failure(stderr: str, *, where: str, chart: Helm) -> str:
@@ -129,6 +141,8 @@ def _repository_failure(detail: str, *, where: str, chart: str, repo: str, versi
             f"download the chart (`helm pull {chart} --repo {repo} --version {version} --username ...`) "
             "and give the .tgz as chart"
         )
+    if tls := _tls_failure(detail, where=where, source=repo, plain_fix="write repo as http://..."):
+        return tls
     if "index.yaml" in detail and _NOT_FOUND.search(detail):
         return f"{where}: {repo} is not a chart repository: it has no index.yaml ({detail}); check repo"
     if _UNREACHABLE.search(detail):
@@ -148,6 +162,8 @@ def _registry_failure(detail: str, *, where: str, reference: str, version: str |
             f"{where}: {host} wants credentials for {reference} ({detail}): "
             f"run `helm registry login {host}`, then `innerloop up` again"
         )
+    if tls := _tls_failure(detail, where=where, source=host, plain_fix="helm reaches registries over HTTPS only"):
+        return tls
     if _UNREACHABLE.search(detail):
         return f"{where}: cannot reach {reference} ({detail}): check the address, the network and any proxy"
     if _NOT_FOUND.search(detail):

@@ -142,6 +142,27 @@ class TestExplainHelmFailure:
         )
         assert line.endswith("(`helm show chart oci://127.0.0.1:5000/charts/hello --version VERSION` checks one)")
 
+    def test_a_registry_whose_certificate_is_not_trusted(self) -> None:
+        stderr = (
+            'Error: failed to perform "FetchReference" on source: Get "https://127.0.0.1:5000/v2/charts/hello/'
+            'manifests/0.1.0": tls: failed to verify certificate: x509: certificate signed by unknown authority\n'
+        )
+        line = explain_helm_failure(stderr, where=WHERE, chart=OCI)
+        assert line.startswith(
+            "services.db.manifests.helm: 127.0.0.1:5000 has a certificate this machine does not trust"
+        )
+        assert line.endswith("add its CA to the system's trust store (or point SSL_CERT_FILE at a bundle that has it)")
+
+    def test_a_repository_on_plain_http_given_as_https(self) -> None:
+        https = chart(chart="hello", repo="https://127.0.0.1:8879/charts", version="0.1.0")
+        stderr = (
+            'Error: looks like "https://127.0.0.1:8879/charts" is not a valid chart repository or cannot be reached: '
+            'Get "https://127.0.0.1:8879/charts/index.yaml": tls: first record does not look like a TLS handshake\n'
+        )
+        line = explain_helm_failure(stderr, where=WHERE, chart=https)
+        assert line.startswith("services.db.manifests.helm: https://127.0.0.1:8879/charts answers plain HTTP")
+        assert line.endswith("): write repo as http://...")
+
     def test_a_template_error_is_helms_own_message(self) -> None:
         stderr = (
             'Error: template: hello/templates/cm.yaml:5:14: executing "hello/templates/cm.yaml" at <.Values.x.y>: '

@@ -24,6 +24,10 @@ from typing import Any
 
 from .kube import Kube, restricted_security
 
+# One request of a RequestLoop may take this long before it counts as failed: generous, as a busy
+# machine stalls a process now and then; a lost request or a broken connection still fails at once.
+REQUEST_TIMEOUT_S = 30
+
 ECHO_APP = """
 import json, os, socket
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,10 +99,10 @@ def deploy_echo(kube: Kube, namespace: str, **kwargs: Any) -> str:
     """Deploy, wait for the rollout; returns the Service's ClusterIP."""
     name = kwargs.get("name", "echo")
     kube.apply(namespace, echo_manifest(kube.images["python"], **kwargs))
-    kube.run("rollout", "status", "-n", namespace, f"deploy/{name}", "--timeout=90s", timeout=100)
+    kube.run("rollout", "status", "-n", namespace, f"deploy/{name}", "--timeout=300s", timeout=310)
     ip = str(kube.get_json("svc", name, "-n", namespace)["spec"]["clusterIP"])
     # Rolled out is not yet reachable: kube-proxy programs the new endpoints on its next sync.
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while True:
         try:
             if request(ip, 80)["where"] == "cluster":
@@ -177,6 +181,7 @@ class LocalApp:
 class InterceptProcess:
     proc: subprocess.Popen[str]
     lines: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @classmethod
     def start(
@@ -200,7 +205,8 @@ class InterceptProcess:
             cwd=cwd,
         )
         me = cls(proc)
-        threading.Thread(target=me._read, daemon=True).start()
+        me.reader = threading.Thread(target=me._read, daemon=True)
+        me.reader.start()
         return me
 
     def _read(self) -> None:
@@ -212,29 +218,46 @@ class InterceptProcess:
     def output(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 90) -> float:
+    def wait_for(self, text: str, timeout: float = 300) -> float:
         """Seconds until a line containing ``text`` appeared; fails with the output if the process ended."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
             if any(text in line for line in self.lines):
                 return time.monotonic() - started
             if self.proc.poll() is not None:
-                time.sleep(0.2)
+                self._drain()
                 if any(text in line for line in self.lines):
                     return time.monotonic() - started
                 raise AssertionError(f"intercept exited {self.proc.returncode} before {text!r}:\n{self.output}")
             time.sleep(0.05)
         raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output}")
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 60) -> int:
+    def _drain(self) -> None:
+        """After the process ended: wait until its last line has been read (``output`` is then complete)."""
+        if self.reader is not None:
+            self.reader.join(30)
+
+    def wait(self, timeout: float = 120) -> int:
+        """The exit code, once every line of the output has been read."""
+        code = self.proc.wait(timeout)
+        self._drain()
+        return code
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 120) -> int:
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
+        return self.wait(timeout)
 
 
 def request(
-    host: str, port: int, *, headers: Mapping[str, str] | None = None, path: str = "/", body: bytes | None = None
+    host: str,
+    port: int,
+    *,
+    headers: Mapping[str, str] | None = None,
+    path: str = "/",
+    body: bytes | None = None,
+    timeout: float = 10,
 ) -> dict[str, Any]:
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("POST" if body else "GET", path, body=body, headers=dict(headers or {}))
         response = conn.getresponse()
@@ -277,13 +300,14 @@ class RequestLoop:
     def _one(self, label: str) -> None:
         while not self._stop.is_set():
             try:
-                self._record(label, request(self.host, self.port, headers=self.headers[label])["where"])
+                answer = request(self.host, self.port, headers=self.headers[label], timeout=REQUEST_TIMEOUT_S)
+                self._record(label, answer["where"])
             except (OSError, ValueError, http.client.HTTPException) as err:
                 self.failures.append(f"{self._at()} {label}: {type(err).__name__}: {err}")
             time.sleep(0.01)
 
     def _keepalive(self) -> None:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=REQUEST_TIMEOUT_S)
         labels = list(self.headers)
         i = 0
         while not self._stop.is_set():
@@ -312,6 +336,34 @@ class RequestLoop:
         with self._lock:
             return {label: Counter(c) for label, c in self.where.items()}
 
+    def _answered(self) -> dict[str, int]:
+        with self._lock:
+            return {label: c.total() for label, c in self.where.items()}
+
+    def until_answered(self, n: int, *, timeout_s: float = 120) -> None:
+        """Wait until every label got ``n`` more answers than now (and no thread failed meanwhile).
+
+        With n >= 2, every label's request that was in flight when this was called has been
+        recorded, and one more was sent after it: what follows sees only requests made after now.
+        """
+        base = self._answered()
+        deadline = time.monotonic() + timeout_s
+        while any(self._answered()[label] < base[label] + n for label in base):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {n} answers per label within {timeout_s}s: {self.snapshot()}")
+            time.sleep(0.02)
+
+    def window(self, *, min_s: float = 3.0, answers: int = 20, timeout_s: float = 120) -> dict[str, Counter[str]]:
+        """Where each label's answers came from during a window of at least ``min_s`` seconds and
+        ``answers`` answers per label, counted only from requests sent after this call."""
+        self.until_answered(2, timeout_s=timeout_s)
+        start = self.snapshot()
+        opened = time.monotonic()
+        self.until_answered(answers, timeout_s=timeout_s)
+        time.sleep(max(0.0, min_s - (time.monotonic() - opened)))  # the measurement window, not a wait for an event
+        end = self.snapshot()
+        return {label: end[label] - start[label] for label in end}
+
     @contextmanager
     def running(self) -> Iterator[RequestLoop]:
         self._started = time.monotonic()
@@ -322,4 +374,4 @@ class RequestLoop:
         finally:
             self._stop.set()
             for thread in self._threads:
-                thread.join(15)
+                thread.join(REQUEST_TIMEOUT_S + 5)

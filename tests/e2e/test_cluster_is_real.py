@@ -46,18 +46,23 @@ def test_logs_follow_a_running_container(kube: Kube, namespace: str) -> None:
         assert follow.stdout is not None
         seen: list[int] = []
         started = time.monotonic()
-        while len(seen) < 15 and time.monotonic() - started < 30:
+        first_at = last_at = 0.0
+        # At least 15 lines, the last over a second after the first: the lines written before the follow
+        # began (many, when the machine is busy) all come at once, and then more must come.
+        while (len(seen) < 15 or last_at - first_at < 1.0) and time.monotonic() - started < 120:
             line = follow.stdout.readline()
             if line.startswith("tick-"):
                 seen.append(int(line.strip().split("-")[1]))
+                last_at = time.monotonic()
+                first_at = first_at or last_at
         assert len(seen) >= 15, f"only {len(seen)} lines followed"
         # Lines keep arriving in order while we follow: the stream is live, not a snapshot.
         assert seen == sorted(seen)
         assert seen[-1] - seen[0] == len(seen) - 1
-        assert time.monotonic() - started >= 1.0
+        assert last_at - first_at >= 1.0
     finally:
         follow.terminate()
-        follow.wait(timeout=10)
+        follow.wait(timeout=60)
 
 
 def test_port_forward_from_the_host_reaches_a_pod(kube: Kube, namespace: str) -> None:
@@ -84,13 +89,13 @@ def test_port_forward_from_the_host_reaches_a_pod(kube: Kube, namespace: str) ->
     try:
 
         def fetch() -> bytes:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as resp:
                 return bytes(resp.read())
 
-        assert eventually(fetch, timeout_s=30) == b"pong from /ping"
+        assert eventually(fetch) == b"pong from /ping"
     finally:
         forward.terminate()
-        forward.wait(timeout=10)
+        forward.wait(timeout=60)
 
 
 def test_cluster_dns_resolves_services(kube: Kube, namespace: str) -> None:

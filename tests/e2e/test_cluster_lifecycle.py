@@ -33,7 +33,7 @@ def test_up_recovers_after_every_process_is_killed(
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
     assert bundled_cluster.host.kill_workloads() > 0
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while any(bundled_cluster.daemons.running(n) for n in victims) and time.monotonic() < deadline:
         time.sleep(0.1)
     status = run_cli(innerloop_cli, "cluster", "status")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from innerloop.cluster.node import BundledCluster
 from innerloop.demo import build_example_images, deploy_example, example_dir
 
 from .conftest import run_cli
-from .kube import Kube, free_port, pod_manifest
+from .kube import Kube, eventually, free_port, pod_manifest
 
 
 def _deploy(bundled_cluster: BundledCluster, namespace: str) -> None:
@@ -24,9 +25,14 @@ def test_request_through_frontend_reaches_backend_from_another_pod(
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     kube.apply(namespace, pod_manifest("client", kube.images["busybox"], ["sleep", "3600"]))
     kube.wait_ready(namespace, "client")
-    for host in ("frontend", f"frontend.{namespace}", f"frontend.{namespace}.svc.cluster.local"):
+
+    def fetch(host: str) -> Any:
         out = kube.run("exec", "-n", namespace, "client", "--", "wget", "-qO-", f"http://{host}:8080/api.json")
-        chain = json.loads(out.stdout)
+        return json.loads(out.stdout)
+
+    for host in ("frontend", f"frontend.{namespace}", f"frontend.{namespace}.svc.cluster.local"):
+        # Rolled out is not yet reachable: kube-proxy programs new Services on its next sync.
+        chain = eventually(lambda host=host: fetch(host))
         assert chain["service"] == "frontend"
         api = chain["via"][0]
         assert api["service"] == "api"

@@ -19,7 +19,11 @@ from innerloop.k8s.connection import ClusterConnection
 from .kube import Kube, free_port
 from .workloads import deployment_manifest, http_server_command, service_manifest
 
-HEAL_LIMIT_S = 2.0  # a replacement that is Ready must serve the local port within this
+# A replacement that is Ready must serve the local port within this. The README says "within about a
+# second" (bench/forward_bench.py measures it); 6 s allows for a busy machine and still fails a heal
+# that waits for a timeout or a retry back-off instead of the pod's Ready.
+HEAL_LIMIT_S = 6.0
+POD_START_S = 180  # ceiling for a new pod to be scheduled, started and answering, on a busy machine
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,7 @@ class RequestLoop:
     async def once(self) -> Result:
         started = time.monotonic()
         try:
-            async with self.http.get(f"http://127.0.0.1:{self.port}/", timeout=aiohttp.ClientTimeout(total=12)) as r:
+            async with self.http.get(f"http://127.0.0.1:{self.port}/", timeout=aiohttp.ClientTimeout(total=30)) as r:
                 body = await r.text()
                 result = Result(started, time.monotonic(), body if r.status == 200 else None, f"HTTP {r.status}")
         except (aiohttp.ClientError, TimeoutError) as err:
@@ -103,6 +107,14 @@ class RequestLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.answered.wait(), 0.5)
         raise AssertionError(f"no pod other than {sorted(pods)} answered within {timeout_s}s: {self.results[-5:]}")
+
+
+def _until_gone(kube: Kube, namespace: str, pod: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (out := kube.run("get", "pod", pod, "-n", namespace, "-o", "name", check=False)).returncode == 0:
+        assert time.monotonic() < deadline, f"pod {pod} still exists {timeout_s}s after its deletion"
+        time.sleep(0.1)
+    assert "NotFound" in out.stderr, out.stderr
 
 
 def _timeline(results: list[Result], ready_at: dict[str, float]) -> str:
@@ -168,26 +180,27 @@ def test_forward_survives_deleting_the_pod_twice(kube: Kube, conn: ClusterConnec
             async with pf, aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
                 assert pf.local_port == local_port
                 loop = RequestLoop(http, local_port)
-                requests = asyncio.create_task(loop.run(max_s=40, max_requests=2000))
+                requests = asyncio.create_task(loop.run(max_s=4 * POD_START_S, max_requests=100_000))
                 try:
-                    served = [await loop.until_served_by_other_than(set(), timeout_s=20)]
-                    await asyncio.sleep(0.5)
+                    served = [await loop.until_served_by_other_than(set(), timeout_s=POD_START_S)]
+                    await asyncio.sleep(0.5)  # a few answers from the first pod before it goes
                     for _ in range(2):
                         # Deleted under load: requests are in flight to this pod when it goes.
                         deleted_at.append(time.monotonic())
                         await asyncio.to_thread(kube.run, "delete", "pod", served[-1], "-n", namespace, "--wait=false")
-                        served.append(await loop.until_served_by_other_than(set(served), timeout_s=20))
+                        served.append(await loop.until_served_by_other_than(set(served), timeout_s=POD_START_S))
                         assert pf.local_port == local_port and pf.status.local_port == local_port
-                        await asyncio.sleep(1.5)  # the old pod is killed in this time; its connections break
+                        # The old pod is killed (after its 1 s grace period) and its connections break
+                        # while requests go on: wait until it is gone.
+                        await asyncio.to_thread(_until_gone, kube, namespace, served[-2])
                 finally:
                     requests.cancel()
                     await asyncio.gather(requests, return_exceptions=True)
                 for _ in range(10):
                     await loop.once()
                 assert pf.status.pod == served[-1]
-                for _ in range(50):  # the last connection's teardown may still be running
-                    if pf.status.connections == 0:
-                        break
+                deadline = time.monotonic() + 30
+                while pf.status.connections and time.monotonic() < deadline:  # the last teardown may still run
                     await asyncio.sleep(0.02)
                 assert pf.status.connections == 0
             return loop.results, ready_at, served, deleted_at
@@ -232,11 +245,13 @@ def test_forward_to_a_named_target_port_through_a_service(kube: Kube, conn: Clus
             ports = (via_service.local_port, by_name.local_port)
             loops = [RequestLoop(http, p) for p in ports]
             async with asyncio.TaskGroup() as tg:
-                running = [tg.create_task(lp.run(max_s=30, max_requests=1000, pause_s=0.05)) for lp in loops]
-                first = [await lp.until_served_by_other_than(set(), timeout_s=20) for lp in loops]
+                running = [
+                    tg.create_task(lp.run(max_s=3 * POD_START_S, max_requests=100_000, pause_s=0.05)) for lp in loops
+                ]
+                first = [await lp.until_served_by_other_than(set(), timeout_s=POD_START_S) for lp in loops]
                 assert first[0] == first[1]
                 await asyncio.to_thread(kube.run, "delete", "pod", first[0], "-n", namespace, "--wait=false")
-                second = [await lp.until_served_by_other_than({first[0]}, timeout_s=20) for lp in loops]
+                second = [await lp.until_served_by_other_than({first[0]}, timeout_s=POD_START_S) for lp in loops]
                 for task in running:
                     task.cancel()
             assert (via_service.local_port, by_name.local_port) == ports
@@ -264,18 +279,19 @@ def test_forward_without_pods_fails_the_connection_and_closes_cleanly(conn: Clus
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.0\r\n\r\n")
             started = time.monotonic()
-            given_up = await asyncio.wait_for(reader.read(), 5)
+            given_up = await asyncio.wait_for(reader.read(), 60)
             waited = time.monotonic() - started
             writer.close()
             # A connection open while the forward closes is closed with it.
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        at_close = await asyncio.wait_for(reader.read(), 5)
+        at_close = await asyncio.wait_for(reader.read(), 60)
         writer.close()
         return given_up, waited, at_close, port
 
     given_up, waited, at_close, port = asyncio.run(scenario())
     assert given_up == b"" and at_close == b""
-    assert 0.9 <= waited < 3.0, waited
+    # It gives up after its retry window (1 s): not before, and not much later (generous for a busy machine).
+    assert 0.9 <= waited < 10.0, waited
     failed = [e for e in events if e.kind == "connection-failed"]
     assert failed and "no running, ready pod matches app=nothing:8000" in failed[0].message, events
     assert any(e.kind == "waiting" for e in events), events
@@ -292,9 +308,8 @@ def test_forward_to_a_service_without_selector_says_why(kube: Kube, conn: Cluste
         async with PortForward(
             conn, namespace=namespace, service="manual", remote_port=80, on_event=events.append
         ) as pf:
-            for _ in range(100):
-                if pf.status.last_error:
-                    break
+            deadline = time.monotonic() + 60
+            while not pf.status.last_error and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
 
     with pytest.raises(ForwardError, match=r"service .*/manual has no pod selector"):

@@ -44,16 +44,7 @@ def restricted(kube: Kube, namespace: str) -> str:
     return namespace
 
 
-def _delta(
-    after: Mapping[str, Mapping[str, int]], before: Mapping[str, Mapping[str, int]]
-) -> dict[str, dict[str, int]]:
-    return {
-        label: {where: n - before.get(label, {}).get(where, 0) for where, n in counts.items()}
-        for label, counts in after.items()
-    }
-
-
-def _only(delta: dict[str, int], where: str) -> bool:
+def _only(delta: Mapping[str, int], where: str) -> bool:
     return delta.get(where, 0) > 0 and all(n == 0 for w, n in delta.items() if w != where)
 
 
@@ -75,7 +66,9 @@ def test_two_developers_share_a_service_without_a_failed_request(
     loop = RequestLoop(ip, 80, headers)
     try:
         with loop.running():
-            time.sleep(1)
+            # Requests flow, and the keep-alive connection is open before any intercept starts.
+            loop.until_answered(1)
+            eventually(lambda: loop.keepalive_requests > 0)
             a = InterceptProcess.start(
                 innerloop_cli, "echo", "-n", ns, "--to", str(alice.port), "--header", "x-dev=alice",
                 "--name", "alice", state=tmp_path / "alice",
@@ -86,11 +79,10 @@ def test_two_developers_share_a_service_without_a_failed_request(
             )  # fmt: skip
             a.wait_for("intercepting svc/echo")
             b.wait_for("intercepting svc/echo")
-            # kube-proxy moves new connections to the router within its sync period.
-            time.sleep(2)
-            start = loop.snapshot()
-            time.sleep(3)
-            both = _delta(loop.snapshot(), start)
+            # kube-proxy moves new connections to the router on its next sync: until the first answer
+            # from each laptop, requests still reach the pods directly. Then a window of later requests.
+            eventually(lambda: (now := loop.snapshot())["alice"]["alice"] > 0 and now["bob"]["bob"] > 0)
+            both = loop.window(min_s=3)
             assert _only(both["alice"], "alice"), both
             assert _only(both["bob"], "bob"), both
             assert _only(both["nobody"], "cluster"), both
@@ -106,18 +98,16 @@ def test_two_developers_share_a_service_without_a_failed_request(
 
             assert a.stop() == 0, a.output
             assert "left; 1 other intercept(s)" in a.output, a.output
-            start = loop.snapshot()
-            time.sleep(2)
-            one = _delta(loop.snapshot(), start)
+            one = loop.window(min_s=2)  # requests sent after alice left
             assert _only(one["alice"], "cluster"), one
             assert _only(one["bob"], "bob"), one
 
             assert b.stop() == 0, b.output
             assert "selects its own pods again" in b.output, b.output
-            start = loop.snapshot()
-            time.sleep(2)
-            after = _delta(loop.snapshot(), start)
+            after = loop.window(min_s=2)
             assert all(_only(counts, "cluster") for counts in after.values()), after
+            # The one keep-alive connection carried many requests through every start and stop.
+            eventually(lambda: loop.keepalive_requests > 100)
         assert loop.failures == [], loop.failures[:10]
         assert loop.keepalive_requests > 100
     finally:
@@ -126,7 +116,7 @@ def test_two_developers_share_a_service_without_a_failed_request(
     assert alice.requests and all(r.get("x-dev") == "alice" for r in alice.requests)
     assert bob.requests and all("dev=bob" in r.get("baggage", "") for r in bob.requests)
     assert pods_of(kube, ns, "echo") == pods, "the target pods were restarted or replaced"
-    assert eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    assert eventually(lambda: not leftovers(kube, ns), timeout_s=180)
     assert service_snapshot(kube, ns, "echo") == before
 
 
@@ -143,12 +133,12 @@ def test_a_killed_cli_gives_the_traffic_back_and_leaves_nothing(
             state=tmp_path,
         )  # fmt: skip
         cli.wait_for("intercepting svc/echo")
-        eventually(lambda: request(ip, 80, headers={"x-dev": "me"})["where"] == "mine", timeout_s=10)
+        eventually(lambda: request(ip, 80, headers={"x-dev": "me"})["where"] == "mine")
         assert service_snapshot(kube, ns, "echo") != before  # the selector points at the router now
 
         killed = time.monotonic()
         cli.proc.send_signal(signal.SIGKILL)
-        cli.proc.wait(10)
+        cli.proc.wait(60)
 
         def back_in_cluster() -> bool:
             try:
@@ -156,13 +146,15 @@ def test_a_killed_cli_gives_the_traffic_back_and_leaves_nothing(
             except OSError:
                 return False
 
-        eventually(back_in_cluster, timeout_s=10, interval_s=0.05)
+        eventually(back_in_cluster, timeout_s=60, interval_s=0.05)
         restored_after = time.monotonic() - killed
-        assert restored_after < 10
+        # The README's "at once" (0.02-0.03 s measured): 10 s from the SIGKILL allows for a busy machine,
+        # and still fails if the traffic only came back when the grace period ended.
+        assert restored_after < 10, f"traffic came back {restored_after:.1f}s after the SIGKILL"
     finally:
         app.close()
     # After the grace period the router restores the Service and removes itself and everything it made.
-    eventually(lambda: not leftovers(kube, ns), timeout_s=40)
+    eventually(lambda: not leftovers(kube, ns), timeout_s=180)
     assert service_snapshot(kube, ns, "echo") == before
     assert request(ip, 80)["where"] == "cluster"
 
@@ -178,9 +170,9 @@ def test_global_intercept_takes_all_traffic_and_another_session_cannot_take_it(
             innerloop_cli, "echo", "-n", ns, "--to", str(app.port), "--global", "--name", "mine", state=tmp_path
         )
         cli.wait_for("intercepting svc/echo")
-        eventually(lambda: request(ip, 80)["where"] == "mine", timeout_s=10)
+        eventually(lambda: request(ip, 80)["where"] == "mine")
         # A large body goes through the tunnel intact.
-        assert request(ip, 80, body=b"x" * (8 << 20))["received"] == 8 << 20
+        assert request(ip, 80, body=b"x" * (8 << 20), timeout=60)["received"] == 8 << 20
 
         secret_file = next((tmp_path / "innerloop" / "intercepts").glob("*.json"))
         assert secret_file.stat().st_mode & 0o077 == 0, "the secret file must be private"
@@ -214,11 +206,11 @@ def test_global_intercept_takes_all_traffic_and_another_session_cannot_take_it(
 
         leave = subprocess_run([*innerloop_cli, "leave", "mine"], env_state=tmp_path)
         assert leave.returncode == 0, leave.stdout + leave.stderr
-        assert cli.proc.wait(30) == 0, cli.output
+        assert cli.wait() == 0, cli.output
         assert "ended" in cli.output
     finally:
         app.close()
-    eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    eventually(lambda: not leftovers(kube, ns), timeout_s=180)
     assert request(ip, 80)["where"] == "cluster"
 
 
@@ -228,7 +220,7 @@ def subprocess_run(argv: list[str], *, env_state: Path) -> subprocess.CompletedP
         check=False,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         env={**os.environ, "XDG_STATE_HOME": str(env_state)},
     )
 
@@ -250,25 +242,25 @@ def test_a_cut_tunnel_resumes_by_itself_and_clean_ends_everything_at_once(
             state=tmp_path,
         )  # fmt: skip
         cli.wait_for("intercepting svc/echo")
-        eventually(lambda: served_by() == "mine", timeout_s=10)
+        eventually(lambda: served_by() == "mine")
         # A laptop that sleeps: the router misses its keepalives, detaches the intercept, and the
         # cluster's pods serve its requests meanwhile.
         cli.proc.send_signal(signal.SIGSTOP)
-        eventually(lambda: served_by() == "cluster", timeout_s=20)
+        eventually(lambda: served_by() == "cluster")
         cli.proc.send_signal(signal.SIGCONT)
-        eventually(lambda: served_by() == "mine", timeout_s=20)
+        eventually(lambda: served_by() == "mine")
         cli.wait_for("resumed")
 
         # A crash with a long grace period: `innerloop clean` ends it now.
         cli.proc.send_signal(signal.SIGKILL)
-        cli.proc.wait(10)
+        cli.proc.wait(60)
         cleaned = subprocess_run([*innerloop_cli, "clean", "-n", ns], env_state=tmp_path)
         assert cleaned.returncode == 0, cleaned.stderr
         assert "echo: selector restored" in cleaned.stderr
         assert served_by() == "cluster"
     finally:
         app.close()
-    eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    eventually(lambda: not leftovers(kube, ns), timeout_s=180)
     assert service_snapshot(kube, ns, "echo") == before
     assert not list((tmp_path / "innerloop" / "intercepts").glob("*.json")), "clean forgets the local secrets"
 
@@ -276,21 +268,22 @@ def test_a_cut_tunnel_resumes_by_itself_and_clean_ends_everything_at_once(
 BANNER_SERVER = """
 import socket, sys, threading
 WHO, PORT, HOST = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def serve(conn):
+def serve(conn, peer):
     conn.sendall(f"HELLO {WHO}\\n".encode())  # the server speaks first, as SMTP, MySQL or Redis replies do
     data = conn.recv(1024)
-    conn.sendall(f"{WHO} got {data.decode().strip()}\\n".encode())
+    conn.sendall(f"{WHO} got {data.decode().strip()} from {peer}\\n".encode())
     conn.close()
 srv = socket.create_server((HOST, PORT))
 print("listening", srv.getsockname()[1], flush=True)
 while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
+    c, addr = srv.accept()
+    threading.Thread(target=serve, args=(c, addr[0]), daemon=True).start()
 """
 
 
-def _banner(ip: str) -> str:
-    with socket.create_connection((ip, 80), timeout=10) as sock:
+def _banner_and_peer(ip: str) -> tuple[str, str]:
+    """The conversation (server first), and the address the server saw the connection come from."""
+    with socket.create_connection((ip, 80), timeout=30) as sock:
         hello = sock.recv(1024).decode()
         sock.sendall(b"ping\n")
         reply = b""
@@ -299,7 +292,18 @@ def _banner(ip: str) -> str:
             if not chunk:
                 break
             reply += chunk
-    return hello + reply.decode()
+    text, _, peer = reply.decode().rstrip("\n").rpartition(" from ")
+    return hello + text + "\n", peer
+
+
+def _banner(ip: str) -> str:
+    return _banner_and_peer(ip)[0]
+
+
+def _router_ip(kube: Kube, namespace: str) -> str:
+    pods = kube.get_json("pods", "-n", namespace, "-l", "innerloop.dev/intercept-router")["items"]
+    (ip,) = {p["status"].get("podIP") for p in pods if not p["metadata"].get("deletionTimestamp")}
+    return str(ip)
 
 
 def test_other_tcp_passes_through_personal_intercepts_and_goes_local_under_a_global_one(
@@ -310,9 +314,9 @@ def test_other_tcp_passes_through_personal_intercepts_and_goes_local_under_a_glo
     ns = restricted
     command = ["python3", "-c", BANNER_SERVER, "cluster", "8080", ""]
     kube.apply(ns, echo_manifest(kube.images["python"], name="banner", replicas=1, command=command))
-    kube.run("rollout", "status", "-n", ns, "deploy/banner", "--timeout=90s", timeout=100)
+    kube.run("rollout", "status", "-n", ns, "deploy/banner", "--timeout=300s", timeout=310)
     ip = kube.get_json("svc", "banner", "-n", ns)["spec"]["clusterIP"]
-    eventually(lambda: _banner(ip) == "HELLO cluster\ncluster got ping\n", timeout_s=30)
+    eventually(lambda: _banner(ip) == "HELLO cluster\ncluster got ping\n")
     local = subprocess.Popen(
         [sys.executable, "-c", BANNER_SERVER, "laptop", "0", "127.0.0.1"], stdout=subprocess.PIPE, text=True
     )
@@ -323,19 +327,21 @@ def test_other_tcp_passes_through_personal_intercepts_and_goes_local_under_a_glo
             innerloop_cli, "banner", "-n", ns, "--to", port, "--header", "x-dev=me", state=tmp_path / "p"
         )
         personal.wait_for("intercepting svc/banner")
-        time.sleep(2)
-        assert _banner(ip) == "HELLO cluster\ncluster got ping\n"  # through the router, to the pods
+        # Through the router, to the pods: the pod sees the connection come from the router pod (until
+        # kube-proxy's next sync, new connections still reach the pods directly, from this machine).
+        router = _router_ip(kube, ns)
+        eventually(lambda: _banner_and_peer(ip) == ("HELLO cluster\ncluster got ping\n", router))
         assert personal.stop() == 0, personal.output
-        eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+        eventually(lambda: not leftovers(kube, ns), timeout_s=180)
 
         whole = InterceptProcess.start(
             innerloop_cli, "banner", "-n", ns, "--to", port, "--global", state=tmp_path / "g"
         )
         whole.wait_for("intercepting svc/banner")
-        eventually(lambda: _banner(ip) == "HELLO laptop\nlaptop got ping\n", timeout_s=15)
+        eventually(lambda: _banner(ip) == "HELLO laptop\nlaptop got ping\n")
         assert whole.stop() == 0, whole.output
     finally:
         local.kill()
         local.wait()
-    eventually(lambda: not leftovers(kube, ns), timeout_s=30)
+    eventually(lambda: not leftovers(kube, ns), timeout_s=180)
     assert _banner(ip) == "HELLO cluster\ncluster got ping\n"

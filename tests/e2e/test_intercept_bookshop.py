@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.request
 from pathlib import Path
 
@@ -33,7 +32,7 @@ app.GREETING = {greeting!r}
 send = app.Handler._send
 def _send(self, status, body):
     if self.path.startswith("/books"):
-        with urllib.request.urlopen("http://api:8080/healthz", timeout=5) as r:
+        with urllib.request.urlopen("http://api:8080/healthz", timeout=30) as r:
             body = dict(body, api_from_laptop=json.load(r), secret=os.environ.get("BACKEND_SECRET_FILE_SEEN"))
     send(self, status, body)
 app.Handler._send = _send
@@ -45,7 +44,7 @@ app.ThreadingHTTPServer(("127.0.0.1", port), app.Handler).serve_forever()
 
 def _chain(url: str, user: str | None) -> dict[str, object]:
     headers = {"x-innerloop-user": user} if user else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30) as resp:
         chain = json.loads(resp.read())
     backend: dict[str, object] = chain["via"][0]["via"][0]
     return backend
@@ -59,7 +58,7 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
     before = service_snapshot(kube, namespace, "backend")
     ip = kube.get_json("svc", "frontend", "-n", namespace)["spec"]["clusterIP"]
     url = f"http://{ip}:8080/api.json"
-    eventually(lambda: _chain(url, None)["greeting"] == "hello from backend", timeout_s=30)
+    eventually(lambda: _chain(url, None)["greeting"] == "hello from backend")
     cli = [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "innerloop")]
 
     # alice says it all in flags; bob types `innerloop intercept backend` in his copy of the project,
@@ -84,10 +83,12 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
         for dev in devs.values():
             dev.wait_for("intercepting svc/backend")
             dev.wait_for("backend listening on" if dev is devs["bob"] else "local backend on")
-        time.sleep(1)  # kube-proxy's next sync moves new connections to the router
+        # kube-proxy's next sync moves new connections to the router: until then they reach the pods.
         for who in ("alice", "bob"):
-            backend = eventually(lambda who=who: _chain(url, who), timeout_s=20)
-            assert backend["greeting"] == f"hello from {who}'s laptop", backend
+            greeting = f"hello from {who}'s laptop"
+            eventually(lambda who=who, greeting=greeting: _chain(url, who)["greeting"] == greeting)
+            backend = _chain(url, who)
+            assert backend["greeting"] == greeting, backend
         alice_backend = _chain(url, "alice")
         assert alice_backend["api_from_laptop"] == {"ok": True}, alice_backend  # a cluster Service by name
         assert _chain(url, None)["greeting"] == "hello from backend"
@@ -101,7 +102,7 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
         node = kube.get_json("nodes")["items"][0]["status"]["addresses"]
         address = next(a["address"] for a in node if a["type"] == "InternalIP")
         assert not address.startswith("127.")
-        with urllib.request.urlopen(f"http://{address}:{preview.group(1)}/api.json", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://{address}:{preview.group(1)}/api.json", timeout=30) as resp:
             chain = json.loads(resp.read())
         assert chain["via"][0]["via"][0]["greeting"] == "hello from alice's laptop"
         devs["bob"].wait_for("preview: http://")  # from innerloop.yaml
@@ -117,6 +118,6 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
             print(f"--- {who}:\n{dev.output}")  # shown when the test fails
             if dev.proc.poll() is None:
                 dev.proc.kill()
-    assert eventually(lambda: not leftovers(kube, namespace), timeout_s=30)
+    assert eventually(lambda: not leftovers(kube, namespace), timeout_s=180)
     assert service_snapshot(kube, namespace, "backend") == before
     assert _chain(url, "bob")["greeting"] == "hello from backend"

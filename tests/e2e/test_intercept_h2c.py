@@ -110,13 +110,13 @@ def _deploy(kube: Kube, namespace: str) -> str:
     for doc in (configmap, deployment, service):
         # create, not apply: apply's last-applied annotation would not fit the library's size.
         kube.run("create", "-n", namespace, "-f", "-", input=json.dumps(doc))
-    kube.run("rollout", "status", "-n", namespace, "deploy/greeter", "--timeout=90s", timeout=100)
+    kube.run("rollout", "status", "-n", namespace, "deploy/greeter", "--timeout=300s", timeout=310)
     return str(kube.get_json("svc", "greeter", "-n", namespace)["spec"]["clusterIP"])
 
 
 def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, Any]]:
     """All requests concurrently on ONE connection; each answer with its trailers."""
-    sock = socket.create_connection((host, port), timeout=10)
+    sock = socket.create_connection((host, port), timeout=30)
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
     streams: dict[int, dict[str, Any]] = {}
@@ -157,7 +157,7 @@ def test_h2c_streams_on_one_connection_are_routed_one_by_one(
 ) -> None:
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     ip = _deploy(kube, namespace)
-    eventually(lambda: h2_requests(ip, 80, [None])[0]["where"] == "cluster", timeout_s=30)
+    eventually(lambda: h2_requests(ip, 80, [None])[0]["where"] == "cluster")
     local = subprocess.Popen(
         [sys.executable, "-c", H2_SERVER, "laptop", "0", "127.0.0.1"], stdout=subprocess.PIPE, text=True
     )
@@ -175,12 +175,12 @@ def test_h2c_streams_on_one_connection_are_routed_one_by_one(
             assert [a["where"] for a in answers] == ["laptop", "cluster", "cluster", "laptop", "cluster"], answers
             return answers
 
-        answers = eventually(routed, timeout_s=15)
+        answers = eventually(routed)
         assert all(a["grpc-status"] == b"0" for a in answers), answers  # trailers come through both ways
         assert [a["dev"] for a in answers] == ["alice", "", "bob", "alice", ""]
         assert cli.stop() == 0, cli.output
     finally:
         local.kill()
         local.wait()
-    eventually(lambda: not leftovers(kube, namespace), timeout_s=30)
+    eventually(lambda: not leftovers(kube, namespace), timeout_s=180)
     assert [a["where"] for a in h2_requests(ip, 80, ["alice"])] == ["cluster"]

@@ -56,9 +56,9 @@ def test_exec_streams_stdin_interactively(conn: ClusterConnection, namespace: st
         async with exec_process(conn, namespace=namespace, pod=shell_pod, command=["sh"]) as proc:
             for i in range(3):
                 await proc.write(f"echo line-{i}\n".encode())
-                answers.append(await asyncio.wait_for(proc.stdout.readline(), 10))
+                answers.append(await asyncio.wait_for(proc.stdout.readline(), 60))
             await proc.write(b"exit 3\n")
-            assert await asyncio.wait_for(proc.wait(), 10) == 3
+            assert await asyncio.wait_for(proc.wait(), 60) == 3
         return answers
 
     assert asyncio.run(scenario()) == [b"line-0\n", b"line-1\n", b"line-2\n"]
@@ -81,7 +81,7 @@ def test_port_forward_streams_carry_bytes_both_ways(kube: Kube, conn: ClusterCon
         try:
             payload = os.urandom(size)
             writer = asyncio.create_task(stream.write(payload))
-            echoed = await asyncio.wait_for(stream.reader.readexactly(size), 30)
+            echoed = await asyncio.wait_for(stream.reader.readexactly(size), 120)
             await writer
             assert echoed == payload
             return echoed
@@ -106,7 +106,7 @@ def test_port_forward_to_a_closed_port_reports_the_error(
                 # The refusal arrives on the error channel; it surfaces on the write when the
                 # server has already closed the stream, else on the read.
                 await stream.write(b"hello")
-                await asyncio.wait_for(stream.reader.read(), 15)
+                await asyncio.wait_for(stream.reader.read(), 60)
             return stream.error
         finally:
             await stream.close()

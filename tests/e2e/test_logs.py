@@ -82,18 +82,19 @@ def test_logs_follow_a_replaced_pod_live_without_duplicates(
             conn, namespace=namespace, selector={"app": "counter"}, service_name="counter", on_line=got
         )
         async with follower:
-            await got.until(lambda: any(len(v) >= 5 for v in got.by_pod().values()), 60, "first pod's lines")
+            await got.until(lambda: any(len(v) >= 5 for v in got.by_pod().values()), 300, "first pod's lines")
             first = next(iter(got.by_pod()))
             await asyncio.to_thread(kube.run, "delete", "pod", first, "-n", namespace, "--wait=false")
             await got.until(
-                lambda: any(pod != first and len(v) >= 5 for pod, v in got.by_pod().items()), 30, "new pod's lines"
+                lambda: any(pod != first and len(v) >= 5 for pod, v in got.by_pod().items()), 300, "new pod's lines"
             )
             second = next(pod for pod in got.by_pod() if pod != first)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 120
             while any(pod == first for pod, _ in follower.following) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             following = follower.following
-            await asyncio.sleep(1.0)  # a few more lines from the new pod
+            seen = len(got.by_pod()[second])
+            await got.until(lambda: len(got.by_pod()[second]) >= seen + 5, 120, "a few more lines from the new pod")
         return first, second, following
 
     first, second, following = asyncio.run(scenario())
@@ -109,9 +110,11 @@ def test_logs_follow_a_replaced_pod_live_without_duplicates(
     # The replacement: every line from its very first, in order.
     (new_run,) = got.runs(second).values()
     assert new_run == list(range(len(new_run))) and len(new_run) >= 5
-    # Live: lines arrive well within a second of being written.
+    # Live: lines arrive well within a second of being written (typically; on an idle machine the median
+    # is under 0.5 s and the worst under 2 s). The bounds allow for a busy machine, and still fail a
+    # follower that polls or re-reads instead of streaming.
     delays = sorted(arrived - line.timestamp.timestamp() for line, arrived in got.lines)
-    assert delays[len(delays) // 2] < 0.5 and delays[-1] < 2.0, delays[-5:]
+    assert delays[len(delays) // 2] < 1.5 and delays[-1] < 6.0, delays[-5:]
 
 
 def test_logs_follow_a_container_restart(kube: Kube, conn: ClusterConnection, namespace: str) -> None:
@@ -127,7 +130,7 @@ def test_logs_follow_a_container_restart(kube: Kube, conn: ClusterConnection, na
         async with LogFollower(
             conn, namespace=namespace, selector={"app": "counter"}, service_name="counter", on_line=got
         ):
-            await got.until(two_full_runs, 60, "two complete runs of the container")
+            await got.until(two_full_runs, 300, "two complete runs of the container")
             await asyncio.sleep(1.0)  # nothing more may arrive: the container waits in back-off
 
     asyncio.run(scenario())

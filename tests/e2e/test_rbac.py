@@ -63,7 +63,7 @@ def test_service_account_can_do_what_its_role_grants_and_nothing_else(
             [str(kube.kubectl_bin), f"--kubeconfig={sa_config}", *args],
             capture_output=True,
             text=True,
-            timeout=30,
+            timeout=120,
             check=False,
         )
 

@@ -91,7 +91,7 @@ def test_run_gives_a_local_command_the_pods_context(
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         check=False,
     )
     assert out.returncode == 0, out.stderr
@@ -118,7 +118,7 @@ def test_run_gives_a_local_command_the_pods_context(
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         check=False,
     )
     assert failing.returncode == 7
@@ -128,7 +128,7 @@ def test_run_gives_a_local_command_the_pods_context(
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,
         check=False,
     )
     assert missing.returncode == 1 and "no pod nope" in missing.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .kube import Kube
+from .kube import Kube, eventually
 from .workloads import deployment_manifest
 
 BACKEND_SOURCE = Path(__file__).resolve().parents[2] / "examples" / "bookshop" / "backend" / "app.py"
@@ -37,7 +37,7 @@ results = {}
 for url in ["http://backend:8080/books", f"http://backend.{ns}:8080/books", f"http://backend.{ns}.svc:8080/books",
             f"http://backend.{ns}.svc.cluster.local:8080/books", "http://BACKEND.%s.SVC.cluster.local./books" % ns]:
     try:
-        with urllib.request.urlopen(url, timeout=20) as r:
+        with urllib.request.urlopen(url, timeout=60) as r:
             results[url] = json.loads(r.read())
     except Exception as err:
         results[url] = repr(err)
@@ -75,7 +75,7 @@ func main() {
 WAIT_FOR_TEST = """
 import os, socket, sys, time
 open(sys.argv[1], "w").write(socket.gethostbyname("backend"))
-deadline = time.time() + 60
+deadline = time.time() + 600
 while not os.path.exists(sys.argv[2]) and time.time() < deadline:
     time.sleep(0.05)
 """
@@ -98,7 +98,7 @@ def _deploy_backend(kube: Kube, namespace: str) -> None:
         },
     }
     kube.apply(namespace, json.dumps(service))
-    kube.run("rollout", "status", "-n", namespace, "deployment/backend", "--timeout=90s", timeout=100)
+    kube.run("rollout", "status", "-n", namespace, "deployment/backend", "--timeout=300s", timeout=310)
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
         GOFLAGS="-mod=mod",
     )
     binary = folder / "goclient"
-    subprocess.run([go, "build", "-o", str(binary), "."], cwd=folder, env=env, check=True, timeout=300)
+    subprocess.run([go, "build", "-o", str(binary), "."], cwd=folder, env=env, check=True, timeout=900)
     described = subprocess.run(["file", str(binary)], capture_output=True, text=True, check=True).stdout
     assert "statically linked" in described, described
     assert b".interp" not in binary.read_bytes()  # no dynamic loader section: nothing for LD_PRELOAD to hook
@@ -146,7 +146,7 @@ def _assert_books(result: object, namespace: str) -> None:
     assert result["books"][0]["title"] == "The Phoenix Project"
 
 
-def _run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -170,7 +170,7 @@ def no_leftovers() -> Iterator[None]:
     """Every test ends with its namespaces' processes gone (they would keep the namespaces alive)."""
     before = _our_processes()
     yield
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while (left := _our_processes() - before) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not left, f"helper processes left behind: {left}"
@@ -239,7 +239,7 @@ def test_other_processes_do_not_see_the_names_and_the_machine_is_unchanged(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while not resolved.exists() or not resolved.read_text():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the command never resolved backend"
@@ -254,7 +254,7 @@ def test_other_processes_do_not_see_the_names_and_the_machine_is_unchanged(
         getent = _run(["getent", "hosts", f"backend.{namespace}.svc.cluster.local"], cwd=tmp_path, env=env)
         assert getent.returncode != 0 and getent.stdout == ""
         release.write_text("go")
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
     finally:
         if proc.poll() is None:
@@ -364,15 +364,21 @@ def test_outbound_through_slirp4netns_reaches_this_machines_loopback(
         stderr=subprocess.DEVNULL,
     )
     try:
+
+        def listening() -> bool:
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                return True
+
+        eventually(listening)
         client = (
             "import sys, time, urllib.request\n"
-            "for _ in range(50):\n"
+            "for _ in range(300):\n"
             "    try:\n"
             f"        print(urllib.request.urlopen('http://10.0.2.2:{port}/index.html', timeout=5).read().decode())\n"
             "        break\n"
             "    except OSError:\n"
             "        time.sleep(0.1)\n"
-            "print(urllib.request.urlopen('http://backend/books', timeout=20).status)\n"
+            "print(urllib.request.urlopen('http://backend/books', timeout=60).status)\n"
         )
         env = dict(os.environ, KUBECONFIG=str(kube.kubeconfig))
         out = _run(

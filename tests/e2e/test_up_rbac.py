@@ -47,7 +47,7 @@ def _service_account_kubeconfig(kube: Kube, namespace: str, name: str, path: Pat
 
 def _greeting(port: int) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/books", timeout=3) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/books", timeout=30) as resp:
             return str(yaml.safe_load(resp.read())["greeting"])
     except OSError:
         return None
@@ -87,16 +87,16 @@ def test_up_works_with_only_the_documented_role(
         [*innerloop_cli, "up", "--no-color"], cwd=app, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
     try:
-        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and _greeting(port), timeout_s=180)
+        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and _greeting(port), timeout_s=600)
         source = app / "backend" / "app.py"
         source.write_text(source.read_text().replace('"hello from backend"', '"edited by a least-privilege user"'))
-        eventually(lambda: _greeting(port) == "edited by a least-privilege user", timeout_s=20)
+        eventually(lambda: _greeting(port) == "edited by a least-privilege user")
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)
     assert "Traceback" not in log.read_text()
     down = subprocess.run(
-        [*innerloop_cli, "down"], cwd=app, env=env, capture_output=True, text=True, check=False, timeout=60
+        [*innerloop_cli, "down"], cwd=app, env=env, capture_output=True, text=True, check=False, timeout=180
     )
     assert down.returncode == 0, down.stderr
     assert kube.get_json("deployments", "-n", namespace)["items"] == []
@@ -155,7 +155,7 @@ def test_an_unreachable_cluster_gets_one_clear_message(innerloop_cli: list[str],
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
     assert "cannot reach the cluster" in out.stderr
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 60  # it gives up rather than retrying forever (a ceiling, not a speed)
 
 
 def test_a_config_error_names_file_line_and_column(innerloop_cli: list[str], tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ def test_container_changes_come_home_and_local_edits_still_go_out(
 
     def greeting() -> str | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ports['backend']}/books", timeout=3) as resp:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['backend']}/books", timeout=30) as resp:
                 return str(yaml.safe_load(resp.read())["greeting"])
         except OSError:
             return None
@@ -38,19 +38,19 @@ def test_container_changes_come_home_and_local_edits_still_go_out(
         kube.run("exec", "-n", namespace, pod, "-c", "backend", "--", "python3", "-c", code)
 
     try:
-        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and greeting(), timeout_s=180)
+        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and greeting(), timeout_s=600)
         made = app / "backend" / "made-in-container.txt"
         in_container("open('/app/made-in-container.txt', 'w').write('generated\\n')")
-        eventually(lambda: made.exists() and made.read_text() == "generated\n", timeout_s=15)
+        eventually(lambda: made.exists() and made.read_text() == "generated\n")
         in_container("open('/app/made-in-container.txt', 'w').write('generated again\\n')")
-        eventually(lambda: made.read_text() == "generated again\n", timeout_s=15)
+        eventually(lambda: made.read_text() == "generated again\n")
         in_container("import os; os.remove('/app/made-in-container.txt')")
-        eventually(lambda: not made.exists(), timeout_s=15)
+        eventually(lambda: not made.exists())
         # The other direction still works, and copying a file home restarted nothing needlessly.
         source = app / "backend" / "app.py"
         source.write_text(source.read_text().replace('"hello from backend"', '"two-way edit"'))
-        eventually(lambda: greeting() == "two-way edit", timeout_s=20)
-        assert "made-in-container.txt changed in the container: copied here" in log.read_text()
+        eventually(lambda: greeting() == "two-way edit")
+        eventually(lambda: "made-in-container.txt changed in the container: copied here" in log.read_text())
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        proc.wait(timeout=60)

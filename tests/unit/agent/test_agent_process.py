@@ -57,7 +57,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(condition: object, timeout: float = 10.0) -> None:
+def wait_for(condition: object, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; the timeout is a ceiling for a busy machine, not a speed."""
     assert callable(condition)
     deadline = time.monotonic() + timeout
     while not condition():
@@ -67,7 +68,7 @@ def wait_for(condition: object, timeout: float = 10.0) -> None:
 
 def http_get(port: int) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
             return str(response.read().decode())
     except OSError:
         return None
@@ -145,6 +146,7 @@ def test_sync_and_restart_change_what_the_app_serves(agent: RunningAgent) -> Non
             started = time.monotonic()
             restarted = await client.restart()
             while await asyncio.to_thread(http_get, agent.http_port) != "v2":
+                assert time.monotonic() - started < 60, "the restarted app never served v2"
                 await asyncio.sleep(0.01)
             serving_after = time.monotonic() - started
             status = await client.status()
@@ -157,7 +159,6 @@ def test_sync_and_restart_change_what_the_app_serves(agent: RunningAgent) -> Non
             await client.close()
 
     serving_after = asyncio.run(scenario())
-    assert serving_after < 5
     assert agent.process.poll() is None  # restarts never end the agent (the container)
     output = agent.output()
     # The app's own output passes through the agent unchanged, for `kubectl logs`.
@@ -180,7 +181,7 @@ def test_sigterm_stops_the_app_and_the_agent_exits_with_its_code(agent: RunningA
 
     pid = asyncio.run(app_pid())
     agent.process.send_signal(signal.SIGTERM)
-    assert agent.process.wait(timeout=10) == 3  # the app's SIGTERM handler exits 3
+    assert agent.process.wait(timeout=60) == 3  # the app's SIGTERM handler exits 3
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert "SIGTERM: stopping the app" in agent.output()
@@ -198,9 +199,9 @@ def test_an_app_killed_by_the_signal_gives_the_shell_exit_status(tmp_path: Path)
         )
     try:
         wait_for(lambda: "listening on" in log.read_text())
-        time.sleep(0.1)
+        wait_for(lambda: ("S", "sleep") in children(process.pid).values())  # the app runs
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 128 + signal.SIGINT
+        assert process.wait(timeout=60) == 128 + signal.SIGINT
     finally:
         if process.poll() is None:
             process.kill()
@@ -316,8 +317,9 @@ def test_as_pid_1_the_agent_reaps_orphans(tmp_path: Path) -> None:
     """In a new pid namespace the agent is PID 1, as in a container: orphans become its children."""
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
-    # The subshell exits at once; its background sleep is orphaned to PID 1 and exits 0.3 s later.
-    app = "(sleep 0.3 &); exec sleep 60"
+    # The subshell exits at once; its background loop is orphaned to PID 1 and exits when told to.
+    release = tmp_path / "release"
+    app = f"(while [ ! -e {release} ]; do sleep 0.05; done &); exec sleep 60"
     command = ["unshare", "--pid", "--fork", "--kill-child", *AGENT, "--listen", f"127.0.0.1:{free_port()}"]
     command += ["--token-file", str(token_file), "--", "sh", "-c", app]
     log = tmp_path / "log"
@@ -330,11 +332,12 @@ def test_as_pid_1_the_agent_reaps_orphans(tmp_path: Path) -> None:
         (agent_pid,) = children(unshare.pid)
         wait_for(lambda: len(children(agent_pid)) == 2)  # the app and the orphan
         app_pid, orphan = sorted(children(agent_pid))
+        release.touch()
         wait_for(lambda: orphan not in children(agent_pid))  # exited *and* reaped: no zombie left
         assert children(agent_pid) == {app_pid: ("S", "sleep")}
         # unshare ignores SIGTERM while it waits; the container runtime signals PID 1 itself.
         os.kill(agent_pid, signal.SIGTERM)
-        assert unshare.wait(timeout=10) == 128 + signal.SIGTERM  # sleep dies of the forwarded SIGTERM
+        assert unshare.wait(timeout=60) == 128 + signal.SIGTERM  # sleep dies of the forwarded SIGTERM
     finally:
         if unshare.poll() is None:
             unshare.kill()  # --kill-child takes the namespace down with it

@@ -34,14 +34,15 @@ T = TypeVar("T")
 ADDED, MODIFIED, DELETED = ChangeKind.ADDED, ChangeKind.MODIFIED, ChangeKind.DELETED
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:
+# Ceilings for a busy machine, reached only when an expected batch never comes.
+def run(coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(bounded())
 
 
-async def next_batch(watch: FileWatch, timeout: float = 2.0) -> Batch:
+async def next_batch(watch: FileWatch, timeout: float = 30.0) -> Batch:
     return await asyncio.wait_for(anext(watch), timeout)
 
 

@@ -46,16 +46,16 @@ def read_manifests(
 ) -> list[dict[str, Any]]:
     m = service.manifests
     if m.files:
-        texts: list[str] = []
+        texts: list[tuple[Path, str]] = []
         for entry in m.files:
             path = root / entry
             if path.is_dir():
-                texts += [f.read_text() for f in sorted(path.iterdir()) if f.suffix in (".yaml", ".yml", ".json")]
+                texts += [(f, f.read_text()) for f in sorted(path.iterdir()) if f.suffix in (".yaml", ".yml", ".json")]
             elif path.is_file():
-                texts.append(path.read_text())
+                texts.append((path, path.read_text()))
             else:
                 raise PlanError(f"services.{name}.manifests.files: {entry} does not exist (looked in {root})")
-        return [d for t in texts for d in load_all(t)]
+        return [d for path, text in texts for d in load_all(text, source=str(path.relative_to(root)))]
     if m.kustomize:
         return load_all(_run_renderer([kubectl, "kustomize", str(root / m.kustomize)], "manifests.kustomize"))
     if m.helm:

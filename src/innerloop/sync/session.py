@@ -33,7 +33,7 @@ from lightkube.resources.core_v1 import Pod
 
 from innerloop.config import Service
 from innerloop.deploy.devmode import DEV_MODE_ANNOTATION
-from innerloop.k8s.connection import ClusterConnection
+from innerloop.k8s.connection import ClusterConnection, ClusterUnreachable
 from innerloop.k8s.streams import PortForwardByteStream, StreamError
 from innerloop.k8s.watching import PodSnapshot, watch_pods
 from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
@@ -223,7 +223,7 @@ class SyncSession:
         while True:
             try:
                 await self._serve(replica)
-            except (AgentError, SessionClosed, StreamError, ConnectionError, TimeoutError) as err:
+            except (AgentError, SessionClosed, StreamError, ClusterUnreachable, OSError, TimeoutError) as err:
                 if self._primary == replica.pod:
                     self._primary = None
                 self._store.update_replica(self._service, replica.pod, state="reconnecting", message=str(err))

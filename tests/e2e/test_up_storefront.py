@@ -63,7 +63,7 @@ def test_one_manifest_file_every_service_in_dev_mode(storefront: Storefront, kub
     record = kube.get_json("configmap", "innerloop-storefront-restore", "-n", ns)
     created = yaml.safe_load(record["data"]["created"])
     assert sorted(created) == sorted(set(created))
-    assert len(created) == 10  # 1 ConfigMap, 4 workloads, 5 Services (without the agent token Secrets: 3)
+    assert len(created) == 13  # 1 ConfigMap, 4 workloads, 5 Services, 3 agent token Secrets
     down = subprocess.run(
         [*storefront.cli, "down", "-n", ns], cwd=storefront.dir, capture_output=True, text=True, check=False
     )
@@ -170,16 +170,16 @@ def test_a_configuration_up_cannot_serve_is_refused_with_its_position(
     assert "Traceback" not in done.stderr
     line_no = next(i for i, text in enumerate(broken.splitlines(), 1) if "deployment/gatewy" in text)
     assert (
-        f"innerloop.yaml:{line_no}:5: services.gateway.workload: no deployment/gatewy in this service's manifests"
+        f"innerloop.yaml:{line_no}:15: services.gateway.workload: no deployment/gatewy in this service's manifests"
         in done.stderr
     )
-    # Two services on one workload, found only by reading the manifests.
-    shared = config.replace("workload: deployment/ledger", "workload: deployment/catalog")
+    # Two services on one workload.
+    shared = config.replace("workload: statefulset/ledger", "workload: deployment/catalog")
     (app / "innerloop.yaml").write_text(shared)
-    done = subprocess.run(
-        [*innerloop_cli, "up", "-n", namespace], cwd=app, capture_output=True, text=True, check=False, timeout=120
-    )
+    done = _up_once(innerloop_cli, namespace, app)
     assert done.returncode == 1
+    line_no = [i for i, text in enumerate(shared.splitlines(), 1) if "workload: deployment/catalog" in text][-1]
+    assert f"innerloop.yaml:{line_no}:15: services.ledger.workload: " in done.stderr, done.stderr
     assert "deployment/catalog is already developed by service 'catalog'" in done.stderr
     assert kube.get_json("deployments,statefulsets", "-n", namespace)["items"] == []
 

@@ -75,6 +75,12 @@ class ClusterInfo:
         return json.dumps({"kubeconfig": str(self.kubeconfig), "kubectl": str(self.kubectl), "images": self.images})
 
 
+def published_name(tag: str) -> str:
+    """``innerloop.local/busybox:1.35-1a1d7f`` -> ``innerloop.local/busybox:1.35`` (pure)."""
+    name, _, version = tag.rpartition(":")
+    return f"{name}:{version.rsplit('-', 1)[0]}" if "-" in version else tag
+
+
 class BundledCluster:
     def __init__(self, *, paths: ClusterPaths | None = None, versions: Versions = PINNED, report: Report) -> None:
         self.paths = paths or ClusterPaths.from_env()
@@ -228,12 +234,18 @@ class BundledCluster:
     def _import_images(self, images: dict[str, BuiltImage]) -> None:
         present = self.ctr("images", "ls", "-q").stdout.split()
         for image in images.values():
-            if image.tag in present:
-                continue
-            self._report(f"importing {image.tag} into containerd")
-            out = self.ctr("images", "import", str(image.archive))
-            if out.returncode != 0:
-                raise StepFailed(f"importing {image.archive} failed: {out.stderr.strip()}")
+            if image.tag not in present:
+                self._report(f"importing {image.tag} into containerd")
+                out = self.ctr("images", "import", str(image.archive))
+                if out.returncode != 0:
+                    raise StepFailed(f"importing {image.archive} failed: {out.stderr.strip()}")
+            # Also by its plain name (innerloop.local/busybox:1.35), as a registry would publish it:
+            # manifests can run the bundled images without knowing the content hash in their tags.
+            published = published_name(image.tag)
+            if published not in present:
+                out = self.ctr("images", "tag", "--force", image.tag, published)
+                if out.returncode != 0:
+                    raise StepFailed(f"tagging {image.tag} as {published} failed: {out.stderr.strip()}")
 
     def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

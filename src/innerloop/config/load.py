@@ -112,7 +112,7 @@ def locate_problems(path: Path, problems: Sequence[Problem]) -> ConfigError:
     except (OSError, UnicodeDecodeError, ConfigError):
         document = _Document(data=None, positions={})
     located = [
-        ConfigProblem(str(path), *document.position(p.path, of_key=True), _dotted(p.path), p.message) for p in problems
+        ConfigProblem(str(path), *document.position(p.path), _dotted(p.path), p.message) for p in problems
     ]
     return ConfigError("\n".join(map(str, located)), located)
 

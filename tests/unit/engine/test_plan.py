@@ -12,7 +12,9 @@ from innerloop.config import ConfigError, Problem, Project, locate_problems, par
 from innerloop.engine.plan import PlanProblems, assign_objects, object_key, plan_service
 
 
-def deployment(name: str, *, image: str | None = None, replicas: int = 1, mounts: list[str] = ()) -> dict[str, Any]:
+def deployment(
+    name: str, *, image: str | None = None, replicas: int = 1, mounts: tuple[str, ...] = ()
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -110,7 +112,8 @@ class TestSharedManifestFile:
             assert workloads[0]["spec"]["template"]["metadata"]["annotations"]["innerloop.dev/dev-mode"] == "true"
 
     def test_an_unclaimed_workload_goes_with_the_first_service_to_start(self) -> None:
-        project = parse_config(SHARED.replace("  cache:\n    manifests: {files: [k8s/app.yaml]}\n    workload: deployment/cache\n", ""))
+        cache = "  cache:\n    manifests: {files: [k8s/app.yaml]}\n    workload: deployment/cache\n"
+        project = parse_config(SHARED.replace(cache, ""))
         owned = assign_objects(project, {name: app_file() for name in project.services})
         assert "Deployment/cache" in keys(owned["api"])  # api starts first (web depends on it)
         assert "Deployment/cache" not in keys(owned["web"])
@@ -119,8 +122,7 @@ class TestSharedManifestFile:
 class TestRefusals:
     def test_two_services_on_one_default_workload(self) -> None:
         project = parse_config(
-            "version: 1\nname: p\nservices:\n"
-            "  a: {manifests: {files: [a.yaml]}}\n  b: {manifests: {files: [b.yaml]}}\n"
+            "version: 1\nname: p\nservices:\n  a: {manifests: {files: [a.yaml]}}\n  b: {manifests: {files: [b.yaml]}}\n"
         )
         with pytest.raises(PlanProblems) as caught:
             assign_objects(project, {"a": [deployment("api")], "b": [deployment("api")]})
@@ -154,7 +156,7 @@ class TestRefusals:
 
     def test_a_sync_target_inside_a_volume_of_the_container(self) -> None:
         project = parse_config(SHARED)
-        docs = [deployment("api", mounts=["/app"])]
+        docs = [deployment("api", mounts=("/app",))]
         with pytest.raises(PlanProblems) as caught:
             plan_service(project=project, name="api", docs=docs, built={}, agent_image="a", token="t")
         [problem] = caught.value.problems
@@ -163,7 +165,7 @@ class TestRefusals:
 
     def test_a_volume_below_the_sync_target_is_fine(self) -> None:
         project = parse_config(SHARED)
-        docs = [deployment("api", mounts=["/app/config"])]
+        docs = [deployment("api", mounts=("/app/config",))]
         plan = plan_service(project=project, name="api", docs=copy.deepcopy(docs), built={}, agent_image="a", token="t")
         assert plan.dev_mode
 
@@ -172,7 +174,7 @@ class TestRefusals:
         path.write_text(SHARED)
         error = locate_problems(path, [Problem(("services", "web", "workload"), "no deployment/webb")])
         assert isinstance(error, ConfigError)
-        assert str(error) == f"{path}:11:5: services.web.workload: no deployment/webb"
+        assert str(error) == f"{path}:11:15: services.web.workload: no deployment/webb"
 
 
 class TestConfigChecks:
@@ -197,9 +199,10 @@ class TestConfigChecks:
 
     def test_overlapping_sync_targets(self) -> None:
         text = SHARED.replace(
-            "sync: [{local: api/, remote: /app/}]", "sync: [{local: api/, remote: /app/}, {local: lib/, remote: /app/lib}]"
+            "sync: [{local: api/, remote: /app/}]",
+            "sync: [{local: api/, remote: /app/}, {local: lib/, remote: /app/lib}]",
         )
-        with pytest.raises(ConfigError, match="overlaps sync.0's target '/app'"):
+        with pytest.raises(ConfigError, match=r"overlaps sync\.0's target '/app'"):
             parse_config(text)
 
     def test_two_services_naming_one_workload(self) -> None:
@@ -208,8 +211,8 @@ class TestConfigChecks:
         assert caught.value.problems[0].path == "services.web.workload"
 
     def test_local_port_zero_means_any_free_port_and_is_never_shared(self) -> None:
-        text = SHARED.replace(
-            "    dependsOn: [api]\n", "    dependsOn: [api]\n    ports: [{remote: 8080, local: 0}]\n"
-        ).replace("    workload: deployment/api\n", "    workload: deployment/api\n    ports: [{remote: 8080, local: 0}]\n")
+        any_port = "    ports: [{remote: 8080, local: 0}]\n"
+        text = SHARED.replace("    dependsOn: [api]\n", "    dependsOn: [api]\n" + any_port)
+        text = text.replace("    workload: deployment/api\n", "    workload: deployment/api\n" + any_port)
         project: Project = parse_config(text)
         assert [p.local_port for s in project.services.values() for p in s.ports] == [0, 0]

@@ -126,7 +126,7 @@ def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, 
         headers += [("content-type", "application/grpc")] + ([("x-dev", dev)] if dev else [])
         conn.send_headers(stream_id, headers)
         conn.send_data(stream_id, b"\0\0\0\0\0", end_stream=True)
-        streams[stream_id] = {"body": b"", "trailers": {}}
+        streams[stream_id] = {"status": b"", "body": b"", "trailers": {}}
     sock.sendall(conn.data_to_send())
     open_streams = set(streams)
     try:
@@ -135,7 +135,9 @@ def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, 
             if not data:
                 raise ConnectionError("the server closed the connection")
             for event in conn.receive_data(data):
-                if isinstance(event, h2.events.DataReceived):
+                if isinstance(event, h2.events.ResponseReceived):
+                    streams[event.stream_id]["status"] = dict(event.headers).get(b":status", b"")
+                elif isinstance(event, h2.events.DataReceived):
                     streams[event.stream_id]["body"] += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.TrailersReceived):
@@ -147,6 +149,9 @@ def h2_requests(host: str, port: int, devs: list[str | None]) -> list[dict[str, 
             sock.sendall(conn.data_to_send())
     finally:
         sock.close()
+    for stream_id, s in streams.items():
+        if s["status"] != b"200":  # e.g. a Service whose rules kube-proxy has not programmed yet
+            raise ConnectionError(f"stream {stream_id}: HTTP {s['status'].decode()}: {s['body'][:200]!r}")
     return [
         {**json.loads(s["body"]), "grpc-status": s["trailers"].get(b"grpc-status")} for _, s in sorted(streams.items())
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from .bookshop import copy_bookshop
 from .kube import Kube
 from .stopping import Cli
 
+# The interpreter itself, not a pyenv shim (a shim puts its own folders in front of PATH).
+PYTHON = os.path.realpath(sys.executable)
 DUMP = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
 
 
@@ -63,7 +66,7 @@ def test_run_on_a_dev_mode_pod_gets_the_apps_context(
     out = tmp_path / "env.json"
     local = _local_env()
     run = Cli.start(
-        [*innerloop_cli, "run", "-n", namespace, "-l", "app.kubernetes.io/name=api", "--", "python3", "-c", DUMP,
+        [*innerloop_cli, "run", "-n", namespace, "-l", "app.kubernetes.io/name=api", "--", PYTHON, "-c", DUMP,
          str(out)],
         cwd=tmp_path,
         env=local,
@@ -84,7 +87,7 @@ def test_intercept_command_on_a_dev_mode_pod_gets_the_apps_context_and_env_optio
     intercept = Cli.start(
         [*innerloop_cli, "intercept", "api", "-n", namespace, "--header", "x-innerloop-user=ctx",
          "--env", "FROM_FLAG=yes", "--env", "PYTHONUNBUFFERED=1",
-         "--", "python3", "-c", DUMP, str(out)],
+         "--", PYTHON, "-c", DUMP, str(out)],
         cwd=tmp_path,
         env={**local, "XDG_STATE_HOME": str(tmp_path / "state")},
     )  # fmt: skip

@@ -270,7 +270,10 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             if process is not None and process.returncode is not None:
                 code = process.returncode
                 report(f"the command exited with {code}; leaving")
-            remaining = await tunnel.leave() if not runner.done() else None
+            # Within the stop deadline (cli/stopping.py), leaving room for the router's answer.
+            drain_s = max(0.5, min(3.0, stopping.remaining() - 1.5)) if stopping.requested else 5.0
+            runner_ended = runner.done()
+            remaining = await tunnel.leave(drain_s=drain_s) if not runner_ended else None
             runner.cancel()
             for task in pending:
                 task.cancel()
@@ -286,6 +289,11 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
                 report(f"the router of {request.service} did not finish in time; `innerloop clean` removes it")
         elif remaining is not None:
             report(f"left; {remaining} other intercept(s) keep the router of {request.service}")
+        elif not runner_ended:
+            report(
+                f"could not reach the router of {request.service} to leave; it removes itself within a minute "
+                f"(`innerloop clean -n {request.namespace}` does it now)"
+            )
     finally:
         forget(request.namespace, request.service, tunnel.registration.name)
 

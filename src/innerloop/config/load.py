@@ -111,9 +111,7 @@ def locate_problems(path: Path, problems: Sequence[Problem]) -> ConfigError:
         document = _parse_yaml(path.read_text(encoding="utf-8"), file=str(path))
     except (OSError, UnicodeDecodeError, ConfigError):
         document = _Document(data=None, positions={})
-    located = [
-        ConfigProblem(str(path), *document.position(p.path), _dotted(p.path), p.message) for p in problems
-    ]
+    located = [ConfigProblem(str(path), *document.position(p.path), _dotted(p.path), p.message) for p in problems]
     return ConfigError("\n".join(map(str, located)), located)
 
 

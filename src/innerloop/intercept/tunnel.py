@@ -243,8 +243,13 @@ class InterceptTunnel:
             await local.close()
             await tunnel.close()
 
-    async def leave(self) -> int | None:
-        """End the intercept; the number of intercepts left on the router, None if it could not be told."""
+    async def leave(self, *, drain_s: float = 5.0) -> int | None:
+        """End the intercept; the number of intercepts left on the router, None if it could not be told.
+
+        Requests already routed here get up to ``drain_s`` to be answered (an h2c
+        connection to the local server stays open after its streams are, so this
+        is a bound, not an expectation).
+        """
         self._leaving = True
         router = self._current
         opened = False
@@ -264,6 +269,6 @@ class InterceptTunnel:
             return None
         if self._carrying:
             # Requests routed here before the router took the leave in: answer them, don't cut them off.
-            await asyncio.wait(set(self._carrying), timeout=5.0)
+            await asyncio.wait(set(self._carrying), timeout=drain_s)
         remaining = answer.get("remaining")
         return int(remaining) if isinstance(remaining, int) else None

@@ -126,6 +126,20 @@ def root_propagation(mountinfo: str) -> str:
     return "private"
 
 
+def _kubepods_procs() -> list[Path]:
+    """Every ``cgroup.procs`` under the kubepods trees; cgroups that vanish during the walk are skipped.
+
+    (``Path.glob`` raises when a folder it is listing disappears, as pods' cgroups do while the
+    kubelet stops; ``os.walk`` reports that to ``onerror`` instead.)
+    """
+    found: list[Path] = []
+    for controller in CGROUP_ROOT.iterdir():
+        for dirpath, _dirnames, files in os.walk(controller / "kubepods", onerror=lambda _err: None):
+            if "cgroup.procs" in files:
+                found.append(Path(dirpath) / "cgroup.procs")
+    return found
+
+
 class Host:
     def __init__(self, *, state: Path, containerd_socket: Path, report: Report) -> None:
         self._state = state
@@ -151,7 +165,7 @@ class Host:
     def kill_workloads(self) -> int:
         """SIGKILL every pod process and every containerd shim of this cluster."""
         killed = 0
-        for procs in CGROUP_ROOT.glob("*/kubepods/**/cgroup.procs"):
+        for procs in _kubepods_procs():
             for pid in _read_pids(procs):
                 killed += _kill(pid)
         for pid in self._shim_pids():

@@ -142,38 +142,39 @@ def assign_objects(
             )
             continue
         claimed[key] = (name, found)
-    first_seen: dict[str, tuple[str, dict[str, Any]]] = {}
-    owner: dict[str, str] = {}
+    first: dict[str, tuple[str, dict[str, Any]]] = {}  # object key -> (first service listing it, its definition)
+    listers: dict[str, list[str]] = {}  # object key -> services listing it, in start order
     for name in order:
         for doc in sources[name]:
             key = object_key(doc)
-            if key not in first_seen:
-                first_seen[key] = (name, doc)
-            elif first_seen[key][1] != doc and first_seen[key][0] != name:
+            if key not in first:
+                first[key] = (name, doc)
+            elif first[key][1] != doc and first[key][0] != name:
                 problems.append(
                     Problem(
                         ("services", name, "manifests"),
-                        f"{key} is also defined by service {first_seen[key][0]!r}, differently; "
+                        f"{key} is also defined by service {first[key][0]!r}, differently; "
                         "one object must have one definition",
                     )
                 )
-                continue
-            listers = [n for n in order if any(object_key(d) == key for d in sources[n])]
-            if key in claimed:
-                owner[key] = claimed[key][0]
-            elif doc.get("kind") == "Service" and len(listers) > 1:
-                selecting = [s for s, workload in claimed.values() if s in listers and _selects(doc, workload)]
-                owner[key] = selecting[0] if selecting else listers[0]
-            else:
-                owner.setdefault(key, listers[0])
+            if name not in listers.setdefault(key, []):
+                listers[key].append(name)
     if problems:
         raise PlanProblems(problems)
+
+    def owner(key: str, doc: Mapping[str, Any]) -> str:
+        if key in claimed:
+            return claimed[key][0]
+        names = listers[key]
+        if doc.get("kind") == "Service":
+            selecting = [s for s, workload in claimed.values() if s in names and _selects(doc, workload)]
+            if selecting:
+                return selecting[0]
+        return names[0]
+
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in project.services}
-    for name in order:
-        for doc in sources[name]:
-            key = object_key(doc)
-            if owner.get(key) == name and all(object_key(d) != key for d in out[name]):
-                out[name].append(doc)
+    for key, (_, doc) in first.items():
+        out[owner(key, doc)].append(doc)
     return out
 
 

@@ -27,6 +27,7 @@ from lightkube.resources.core_v1 import Namespace, Secret
 from innerloop.build.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
+from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
 from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
@@ -101,7 +102,7 @@ class DevLoop:
         self.built: dict[str, BuiltImageInfo] = {}
         self.agent_tag = ""
         self.tokens: dict[str, str] = {}
-        self.forwards: list[tuple[str, PortForward]] = []
+        self.forwards: list[tuple[str, PortConfig, PortForward]] = []
 
     # -- build and deploy -------------------------------------------------------
 
@@ -145,39 +146,34 @@ class DevLoop:
         except PlanProblems as err:
             raise locate_problems(self.config_path, err.problems) from None
 
-    def _plan(self, name: str, docs: list[dict[str, Any]], *, token: str) -> ServicePlan:
+    def _plan(
+        self, name: str, docs: list[dict[str, Any]], *, token: str, built: dict[str, BuiltImageInfo]
+    ) -> ServicePlan:
         try:
             return plan_service(
-                project=self.project,
-                name=name,
-                docs=docs,
-                built=self.built,
-                agent_image=self.agent_tag,
-                token=token,
+                project=self.project, name=name, docs=docs, built=built, agent_image=self.agent_tag, token=token
             )
         except PlanProblems as err:
             raise locate_problems(self.config_path, err.problems) from None
 
-    def check(self) -> dict[str, ServicePlan]:
+    def check(self, objects: dict[str, list[dict[str, Any]]]) -> dict[str, ServicePlan]:
         """Plan every service without building anything: refuse what `up` cannot serve, learn the selectors."""
-        objects = self._objects()
-        saved = self.built
         # Images are not built yet: stand-ins with an entrypoint, since the Dockerfile may give the command.
-        self.built = {
+        unbuilt = {
             s.image.name: BuiltImageInfo(tag=f"{s.image.name}:unbuilt", entrypoint=["(the image's)"])
             for s in self.project.services.values()
             if s.image is not None
         }
-        try:
-            return {name: self._plan(name, copy.deepcopy(objects[name]), token="") for name in self.project.services}
-        finally:
-            self.built = saved
+        return {
+            name: self._plan(name, copy.deepcopy(objects[name]), token="", built=unbuilt)
+            for name in self.project.services
+        }
 
-    async def _apply_service(self, client: AsyncClient, name: str) -> None:
-        """Render one service (built tags pinned, dev-mode patch) and apply it."""
+    async def _apply_service(self, client: AsyncClient, name: str, docs: list[dict[str, Any]]) -> None:
+        """Render one service's objects (built tags pinned, dev-mode patch) and apply them."""
         if name not in self.tokens:
             self.tokens[name] = await existing_token(client, self.project.name, name, self.namespace)
-        plan = self._plan(name, self._objects()[name], token=self.tokens[name])
+        plan = self._plan(name, docs, token=self.tokens[name], built=self.built)
         self.plans[name] = plan
         self.store.update(name, phase="deploying")
         await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
@@ -199,12 +195,12 @@ class DevLoop:
         await ensure_namespace(client, self.namespace)
         # Then refuse what cannot work (the config against its manifests, a local port in use)
         # before building or deploying anything.
-        checked = await asyncio.to_thread(self.check)
-        await self._listen(checked)
+        objects = await asyncio.to_thread(self._objects)
+        await self._listen(self.check(objects))
         await asyncio.to_thread(self.build)
         for wave in start_order(self.project):
             for name in wave:
-                await self._apply_service(client, name)
+                await self._apply_service(client, name, objects[name])
             for name in wave:
                 await self._wait_ready(client, name)
                 self.report(f"{name}: ready")
@@ -225,7 +221,7 @@ class DevLoop:
                     namespace=self.namespace,
                     selector=plan.selector,
                     remote_port=port.remote,
-                    local_port=port.local if port.local is not None else int(port.remote),
+                    local_port=port.local_port,
                     address=port.address,
                     on_event=functools.partial(self._forward_event, name),
                 )
@@ -235,29 +231,26 @@ class DevLoop:
                     field = "local" if port.local is not None else "remote"
                     problems.append(Problem(("services", name, "ports", i, field), port_in_use(port, err)))
                     continue
-                self.forwards.append((name, forward))
+                self.forwards.append((name, port, forward))
         if problems:
-            for _, forward in self.forwards:
-                forward.close()
-            self.forwards.clear()
-            raise locate_problems(self.config_path, problems)
+            raise locate_problems(self.config_path, problems)  # _run gives the bound ports back
 
     async def _run(self, ready: asyncio.Event | None) -> None:
         client = self.target.conn.client()
         try:
             await self.deploy(client)
         except BaseException:
-            for _, forward in self.forwards:
+            for _, _, forward in self.forwards:
                 forward.close()
             raise
         finally:
             await client.close()
         async with serve(self.store, self.root), asyncio.TaskGroup() as tg:
-            for name, forward in self.forwards:
-                remote = forward.target.rsplit(":", 1)[1]
+            for name, port, forward in self.forwards:
+                where = f"{port.address}:{forward.local_port} -> {port.remote}"
                 tg.create_task(forward.run(), name=f"forward-{name}-{forward.local_port}")
-                self.store.service(name).forwards.append(f"{forward.status.address}:{forward.local_port} -> {remote}")
-                self.report(f"{name}: forwarding {forward.status.address}:{forward.local_port} -> {remote}")
+                self.store.service(name).forwards.append(where)
+                self.report(f"{name}: forwarding {where}")
             for name, plan in self.plans.items():
                 service = self.project.services[name]
                 if plan.dev_mode:
@@ -334,7 +327,8 @@ class DevLoop:
             await asyncio.to_thread(self._build_service, name)
         client = self.target.conn.client()
         try:
-            await self._apply_service(client, name)
+            objects = await asyncio.to_thread(self._objects)
+            await self._apply_service(client, name, objects[name])
             await self._wait_ready(client, name)
         finally:
             await client.close()

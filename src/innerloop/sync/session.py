@@ -319,34 +319,29 @@ class SyncSession:
             return
         sync_ms = (time.perf_counter() - started) * 1000
         # The files are in the container now (before any restart): readers time "file visible" on this.
-        mine = self._store.replica(self._service, replica.pod)
-        self._store.update_replica(
-            self._service, replica.pod, files_synced=mine.files_synced + len(changed), last_sync_ms=round(sync_ms, 1)
-        )
-        if replica.pod == self._primary:
-            status = self._store.service(self._service)
-            self._store.update(
-                self._service, files_synced=status.files_synced + len(changed), last_sync_ms=round(sync_ms, 1)
-            )
+        self._count(replica, files=len(changed), last_sync_ms=round(sync_ms, 1))
         for argv in steps_for(self._config, changed):
             done = await agent.run(argv)
             self._report(f"{self._service}: ran {' '.join(argv)}{self._where(replica)} -> exit {done.exit_code}")
         restart_ms = None
         if self._config.restart == "process":
             restart_ms = await self._restart(agent)
+        self._count(replica, syncs=1, last_restart_ms=restart_ms)
+        self._store.update_replica(self._service, replica.pod, state="in sync", synced_at=time.time())
+        extra = f", restarted in {restart_ms:.0f} ms" if restart_ms is not None else ""
+        self._report(f"{self._service}: synced {len(changed)} file(s){self._where(replica)} in {sync_ms:.0f} ms{extra}")
+
+    def _count(self, replica: Replica, *, files: int = 0, syncs: int = 0, **last: float | None) -> None:
+        """Add to the replica's counters in the store; the primary replica's also count for the service."""
+        mine = self._store.replica(self._service, replica.pod)
         self._store.update_replica(
-            self._service,
-            replica.pod,
-            syncs=mine.syncs + 1,
-            last_restart_ms=restart_ms,
-            state="in sync",
-            synced_at=time.time(),
+            self._service, replica.pod, files_synced=mine.files_synced + files, syncs=mine.syncs + syncs, **last
         )
         if replica.pod == self._primary:
             status = self._store.service(self._service)
-            self._store.update(self._service, syncs=status.syncs + 1, last_restart_ms=restart_ms)
-        extra = f", restarted in {restart_ms:.0f} ms" if restart_ms is not None else ""
-        self._report(f"{self._service}: synced {len(changed)} file(s){self._where(replica)} in {sync_ms:.0f} ms{extra}")
+            self._store.update(
+                self._service, files_synced=status.files_synced + files, syncs=status.syncs + syncs, **last
+            )
 
     async def _send(  # noqa: PLR0917 - private, called in three places with the same six
         self,

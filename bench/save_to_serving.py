@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from e2e.bookshop import copy_bookshop
 from e2e.kube import Kube, free_port
-from innerloop.build.image import read_archive
+from innerloop.builders.image import read_archive
 from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.node import BundledCluster
 from innerloop.demo import example_dir

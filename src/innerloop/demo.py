@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from innerloop.build.image import build_image
+from innerloop.builders.image import build_image
 from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.progress import StepFailed

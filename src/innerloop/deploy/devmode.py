@@ -3,7 +3,7 @@
 Nothing is rebuilt and nothing needs a shell or tar in the image:
 
 - an init container copies the agent's self-contained runtime (see
-  :mod:`innerloop.build.agent_image`) into an emptyDir mounted at ``/.innerloop``;
+  :mod:`innerloop.builders.agent_image`) into an emptyDir mounted at ``/.innerloop``;
 - for every sync target, an init container running *the app's own image*
   seeds an emptyDir with what the image has at that path, and the app
   container mounts that emptyDir there: the path becomes writable while the
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from innerloop.build.agent_image import IMAGE_ROOT, MOUNT_ROOT, runtime_command, runtime_env
+from innerloop.builders.agent_image import IMAGE_ROOT, MOUNT_ROOT, runtime_command, runtime_env
 from innerloop.deploy.render import pod_spec
 
 TOKEN_DIR = "/.innerloop-token"

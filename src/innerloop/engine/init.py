@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 import yaml
 
-from innerloop.build.dockerfile import DockerfileError
-from innerloop.build.dockerfile import parse as parse_dockerfile
+from innerloop.builders.dockerfile import DockerfileError
+from innerloop.builders.dockerfile import parse as parse_dockerfile
 from innerloop.config.model import DNS_LABEL_PATTERN, IMAGE_NAME_PATTERN
 
 CONFIG_FILE = "innerloop.yaml"

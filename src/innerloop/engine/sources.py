@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from innerloop.build.image import build_image, read_archive
+from innerloop.builders.image import build_image, read_archive
 from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.paths import ClusterPaths
 from innerloop.config import Helm, Service

@@ -24,7 +24,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
-from innerloop.build.agent_image import build_agent_image
+from innerloop.builders.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself

@@ -30,7 +30,7 @@ from pathlib import Path
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule
 from innerloop.agent.restore import selector_of
-from innerloop.build.agent_image import build_agent_image
+from innerloop.builders.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
 from innerloop.engine.target import Target
 from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service, wait_router_ready

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from innerloop.build.agent_image import MOUNT_ROOT, runtime_command
+from innerloop.builders.agent_image import MOUNT_ROOT, runtime_command
 from innerloop.deploy.devmode import DevMode, DevModeError, app_pod, apply_dev_mode, original_command
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from innerloop.build.dockerfile import parse as parse_dockerfile
+from innerloop.builders.dockerfile import parse as parse_dockerfile
 from innerloop.config import parse_config
 from innerloop.engine.init import (
     BUSYBOX_BASE,

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import yaml
 
-from innerloop.build.dockerfile import parse as parse_dockerfile
+from innerloop.builders.dockerfile import parse as parse_dockerfile
 from innerloop.config import Project, parse_config
 from innerloop.engine.init import NotDetected
 from innerloop.engine.init_repo import find_apps, plan_repo, read_manifests, render_repo, strip_tag

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from innerloop.build.dockerfile import DockerfileError
-from innerloop.build.image import build_image, read_archive
+from innerloop.builders.dockerfile import DockerfileError
+from innerloop.builders.image import build_image, read_archive
 from innerloop.oci.archive import BuiltImage, FileEntry, ImageConfig, layer_from_entries, write_archive
 
 BASE_TAG = "innerloop.local/base:1"

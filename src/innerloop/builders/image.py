@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from innerloop.build.dockerfile import DockerfileError, Recipe, parse
+from innerloop.builders.dockerfile import DockerfileError, Recipe, parse
 from innerloop.oci.archive import (
     BuiltImage,
     FileEntry,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from innerloop.build.dockerfile import Copy, DockerfileError, parse
+from innerloop.builders.dockerfile import Copy, DockerfileError, parse
 
 
 def lines(*text: str) -> str:

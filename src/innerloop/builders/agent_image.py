@@ -23,7 +23,7 @@ import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from innerloop.build.image import read_archive
+from innerloop.builders.image import read_archive
 from innerloop.oci.archive import BuiltImage, FileEntry, ImageConfig, image_id, layer_from_entries, write_archive
 from innerloop.oci.bytecode import with_bytecode
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
-from collections.abc import Sequence
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from innerloop.demo import example_dir
 
-from .kube import free_port
+from .kube import eventually, free_port
 
 
 def copy_bookshop(dest: Path, *, only: Sequence[str] | None = None) -> tuple[Path, dict[str, int]]:
@@ -25,3 +33,67 @@ def copy_bookshop(dest: Path, *, only: Sequence[str] | None = None) -> tuple[Pat
         service["ports"][0]["local"] = ports[name]
     (dest / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return dest, ports
+
+
+@dataclass
+class Up:
+    dir: Path
+    namespace: str
+    ports: dict[str, int]
+    proc: subprocess.Popen[str]
+    cli: list[str]
+    log: Path
+    env: dict[str, str]
+
+    def get(self, service: str = "frontend", path: str = "/api.json") -> dict[str, object]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}{path}", timeout=30) as resp:
+            data: dict[str, object] = json.load(resp)
+            return data
+
+    def greeting(self) -> str:
+        chain: Any = self.get()
+        api = chain["via"][0]
+        return str(api["via"][0]["greeting"])
+
+    def cli_run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = [*self.cli, *args]
+        env = {**os.environ, **self.env}
+        return subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, timeout=180, check=False, env=env)
+
+    def logged(self, text: str, timeout_s: float = 60) -> None:
+        """Wait until `up` has printed ``text`` (its log is written as it goes)."""
+        eventually(lambda: text in self.log.read_text(), timeout_s=timeout_s)
+
+
+@contextlib.contextmanager
+def running_up(
+    cli: list[str],
+    app: Path,
+    ports: dict[str, int],
+    *,
+    namespace: str,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    args: Sequence[str] = (),
+) -> Iterator[Up]:
+    """`innerloop up` on a bookshop copy, until the chain answers; Ctrl+C (then kill) at the end."""
+    proc = subprocess.Popen(
+        [*cli, "up", "-n", namespace, "--no-color", *args],
+        cwd=app,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env} if env is not None else None,
+    )
+    handle = Up(dir=app, namespace=namespace, ports=ports, proc=proc, cli=cli, log=log, env=dict(env or {}))
+    try:
+        # Builds three images and starts three pods: minutes on a busy machine.
+        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and handle.greeting(), timeout_s=600)
+        yield handle
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()

@@ -5,48 +5,17 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from .bookshop import copy_bookshop
+from .bookshop import Up, copy_bookshop, running_up
 from .kube import Kube, eventually
 
 # Stands in for `pip install -r requirements.txt` (the distroless image has no pip): records that it ran.
 STEP = "import pathlib; pathlib.Path('/app/step-ran.txt').write_text(pathlib.Path('/app/requirements.txt').read_text())"
-
-
-@dataclass
-class Up:
-    dir: Path
-    namespace: str
-    ports: dict[str, int]
-    proc: subprocess.Popen[str]
-    cli: list[str]
-    log: Path
-
-    def get(self, service: str = "frontend", path: str = "/api.json") -> dict[str, object]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}{path}", timeout=30) as resp:
-            data: dict[str, object] = json.load(resp)
-            return data
-
-    def greeting(self) -> str:
-        chain: Any = self.get()
-        api = chain["via"][0]
-        return str(api["via"][0]["greeting"])
-
-    def cli_run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = [*self.cli, *args]
-        return subprocess.run(argv, cwd=self.dir, capture_output=True, text=True, timeout=180, check=False)
-
-    def logged(self, text: str, timeout_s: float = 60) -> None:
-        """Wait until `up` has printed ``text`` (its log is written as it goes)."""
-        eventually(lambda: text in self.log.read_text(), timeout_s=timeout_s)
 
 
 @pytest.fixture
@@ -59,26 +28,8 @@ def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> 
     ]
     (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    log = tmp_path / "up.log"
-    proc = subprocess.Popen(
-        [*innerloop_cli, "up", "-n", namespace, "--no-color"],
-        cwd=app,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    handle = Up(dir=app, namespace=namespace, ports=ports, proc=proc, cli=innerloop_cli, log=log)
-    try:
-        # Builds three images and starts three pods: minutes on a busy machine.
-        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and handle.greeting(), timeout_s=600)
+    with running_up(innerloop_cli, app, ports, namespace=namespace, log=tmp_path / "up.log") as handle:
         yield handle
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def _pod(kube: Kube, namespace: str, app: str) -> dict[str, object]:

@@ -576,6 +576,63 @@ class Intercept(_Model):
     )
 
 
+# A registry host with an optional path: ``registry.example.com/team``, ``10.0.0.5:5000``.
+REGISTRY_REPO_PATTERN = rf"^[a-zA-Z0-9.-]+(?::[0-9]+)?(?:/{_IMAGE_COMPONENT})*$"
+# An image reference with a tag or a digest, as a pod spec writes it.
+IMAGE_REFERENCE_PATTERN = (
+    rf"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+def _registry_repo(value: str) -> str:
+    host = value.split("/", 1)[0]
+    # As docker does: the first part names a registry when it has a dot or a port, or is localhost.
+    if not re.fullmatch(REGISTRY_REPO_PATTERN, value) or not ("." in host or ":" in host or host == "localhost"):
+        raise ValueError(
+            f"{value!r} is not a registry: write its host, an optional port and path, "
+            "e.g. registry.example.com/team or 10.0.0.5:5000"
+        )
+    return value
+
+
+def _image_reference(value: str) -> str:
+    if not re.fullmatch(IMAGE_REFERENCE_PATTERN, value) or not re.search(r"(:[^/]+|@sha256:[0-9a-f]{64})$", value):
+        raise ValueError(
+            f"{value!r} is not an image reference with a tag or digest, "
+            "e.g. registry.example.com/mirror/innerloop-agent:0.1.0"
+        )
+    return value
+
+
+RegistryRepo = Annotated[
+    str, AfterValidator(_registry_repo), WithJsonSchema({"type": "string", "pattern": REGISTRY_REPO_PATTERN})
+]
+ImageReference = Annotated[
+    str, AfterValidator(_image_reference), WithJsonSchema({"type": "string", "pattern": IMAGE_REFERENCE_PATTERN})
+]
+
+
+class Registry(_Model):
+    """The registry that built images are pushed to when the cluster cannot load them itself.
+
+    Needed for a shared or cloud cluster (EKS, GKE, AKS, ...); kind, minikube,
+    k3d, Docker Desktop and clusters that publish a local registry (KEP-1755)
+    work without it. `--default-repo` and INNERLOOP_DEFAULT_REPO override it.
+    Credentials come from your docker config (`docker login`, credential helpers).
+    """
+
+    repo: RegistryRepo = Field(
+        description="Registry host, optional port and path; image names are rewritten under it "
+        "the way Skaffold's default-repo does (bookshop-api -> <repo>/bookshop-api).",
+        examples=["registry.example.com/team", "10.0.0.5:5000"],
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Allow plain HTTP or an unverified certificate (a registry on your own network).",
+    )
+
+
 class Project(_Model):
     """innerloop.yaml: the services of an app and how `innerloop up` develops them on Kubernetes."""
 
@@ -599,6 +656,19 @@ class Project(_Model):
         default_factory=dict,
         description="Intercepts for `innerloop intercept NAME`: cluster traffic to a local process.",
         json_schema_extra={"additionalProperties": False},
+    )
+    registry: Registry | None = Field(
+        default=None,
+        description="Where built images go for a cluster that cannot load them itself (see `innerloop doctor`).",
+        json_schema_extra=_not_null,
+    )
+    agent_image: ImageReference | None = Field(
+        default=None,
+        alias="agentImage",
+        description="A pre-mirrored copy of innerloop's agent image, for clusters that can only pull "
+        "from an approved registry; innerloop then builds and pushes none.",
+        examples=["registry.example.com/mirror/innerloop-agent:0.1.0"],
+        json_schema_extra=_not_null,
     )
 
     @model_validator(mode="after")

@@ -117,7 +117,7 @@ class TestPositions:
     def test_unknown_top_level_key(self) -> None:
         assert one_line("version: 1\nname: shop\nservices: {a: {manifests: {files: [a]}}}\nnamespaec: x\n") == (
             "innerloop.yaml:4:1: namespaec: unknown key; did you mean namespace? "
-            "(expected one of: version, name, namespace, services, intercepts)"
+            "(expected one of: version, name, namespace, services, intercepts, registry, agentImage)"
         )
 
     def test_missing_field_points_at_the_mapping_that_lacks_it(self) -> None:
@@ -336,7 +336,8 @@ class TestWholeFile:
     def test_empty_file(self) -> None:
         assert one_line("") == (
             "innerloop.yaml:1:1: the file is empty "
-            "(expected: a mapping (required: version, name, services; optional: namespace, intercepts))"
+            "(expected: a mapping (required: version, name, services; "
+            "optional: namespace, intercepts, registry, agentImage))"
         )
 
     def test_a_list_instead_of_a_mapping(self) -> None:

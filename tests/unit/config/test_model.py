@@ -190,6 +190,33 @@ class TestTopLevel:
         assert loc == ("services", "app", "ports", 0, "local") and msg == "Input should be a valid integer"
 
 
+class TestRegistryAndAgentImage:
+    @pytest.mark.parametrize(
+        "repo", ["registry.example.com/team", "10.0.0.5:5000", "localhost:5001/dev/x", "ghcr.io/o"]
+    )
+    def test_a_registry_is_a_host_with_an_optional_port_and_path(self, repo: str) -> None:
+        config = Project.model_validate({**project(), "registry": {"repo": repo, "insecure": True}})
+        assert config.registry is not None and config.registry.repo == repo and config.registry.insecure
+
+    @pytest.mark.parametrize("repo", ["team", "https://registry.example.com", "Registry.example.com/Team", "r.io/a:1"])
+    def test_what_is_not_a_registry_says_how_to_write_one(self, repo: str) -> None:
+        loc, msg = one_error({**project(), "registry": {"repo": repo}})
+        assert loc == ("registry", "repo") and "e.g. registry.example.com/team" in msg
+
+    def test_insecure_is_off_unless_asked(self) -> None:
+        config = Project.model_validate({**project(), "registry": {"repo": "r.example.com"}})
+        assert config.registry is not None and not config.registry.insecure
+
+    @pytest.mark.parametrize("ref", ["r.example.com/mirror/innerloop-agent:0.1.0", "agent@sha256:" + "a" * 64])
+    def test_agent_image_takes_a_tag_or_digest(self, ref: str) -> None:
+        assert Project.model_validate({**project(), "agentImage": ref}).agent_image == ref
+
+    @pytest.mark.parametrize("ref", ["r.example.com/mirror/innerloop-agent", "UPPER:1", "a b:1"])
+    def test_agent_image_without_tag_or_digest_is_refused(self, ref: str) -> None:
+        loc, msg = one_error({**project(), "agentImage": ref})
+        assert loc == ("agentImage",) and "with a tag or digest" in msg
+
+
 class TestManifests:
     def test_exactly_one_source_none(self) -> None:
         loc, msg = one_error(project(app={"manifests": {}}))

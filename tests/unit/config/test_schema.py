@@ -75,6 +75,7 @@ def test_every_model_forbids_unknown_keys() -> None:
         "Manifests",
         "PortForward",
         "Preview",
+        "Registry",
         "Service",
         "SyncRule",
     }

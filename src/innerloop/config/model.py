@@ -43,6 +43,7 @@ from pydantic import (
     Field,
     PlainValidator,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -340,6 +341,24 @@ class Manifests(_Model):
         return self
 
 
+# os/arch[/variant], as `docker build --platform` takes it.
+_PLATFORM_PATTERN = r"^[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?$"
+
+
+class CustomBuild(_Model):
+    """Your own build command (builder: custom), like Tilt's custom_build and Skaffold's custom builder."""
+
+    command: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+        description="The command and its arguments, run in the build context without a shell. It gets IMAGE "
+        "(also EXPECTED_REF: the tag to produce), BUILD_CONTEXT, IMAGE_ARCHIVE (where it must write the image "
+        "as a docker-archive or oci-archive tar), PLATFORM and the build args in its environment.",
+        examples=[
+            ["./hack/build-image.sh"],
+            ["sh", "-c", "docker build -t $IMAGE . && docker save -o $IMAGE_ARCHIVE $IMAGE"],
+        ],
+    )
+
+
 class Image(_Model):
     """The image innerloop builds for the service, and swaps into its manifests."""
 
@@ -365,6 +384,47 @@ class Image(_Model):
         description="Build arguments (Dockerfile ARG values).",
         examples=[{"PYTHON_VERSION": "3.11"}],
     )
+    builder: Literal["auto", "builtin", "buildah", "podman", "docker", "buildx", "buildctl", "nerdctl", "custom"] = (
+        Field(
+            default="auto",
+            description="Which tool builds the image. auto: innerloop's built-in builder when it can build the "
+            "Dockerfile exactly (no RUN, no multi-stage copies), else the first of buildah, podman, docker buildx, "
+            "docker, nerdctl, buildctl that is installed. custom: your own command (see custom).",
+        )
+    )
+    target: Annotated[str, Field(min_length=1)] | None = Field(
+        default=None,
+        description="The Dockerfile stage to build (like `docker build --target`); default: the last stage.",
+        examples=["dev"],
+        json_schema_extra=_not_null,
+    )
+    platform: Annotated[str, WithJsonSchema({"type": "string", "pattern": _PLATFORM_PATTERN})] | None = Field(
+        default=None,
+        description="The platform to build for, os/arch[/variant] (like `docker build --platform`), e.g. an "
+        "amd64 cluster from an arm64 laptop; default: the builder's own.",
+        examples=["linux/amd64", "linux/arm64"],
+        json_schema_extra=_not_null,
+    )
+    custom: CustomBuild | None = Field(
+        default=None,
+        description="Your own build command, for builder: custom (implied when this is set).",
+        json_schema_extra=_not_null,
+    )
+
+    @field_validator("platform")
+    @classmethod
+    def _os_and_architecture(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(_PLATFORM_PATTERN, value):
+            raise ValueError(f"{value!r} is not a platform: write os/arch[/variant], e.g. linux/amd64 or linux/arm64")
+        return value
+
+    @model_validator(mode="after")
+    def _custom_needs_its_command(self) -> Self:
+        if self.builder == "custom" and self.custom is None:
+            raise ValueError("builder is custom: give the command under custom (custom: {command: [./build.sh]})")
+        if self.custom is not None and self.builder not in ("auto", "custom"):
+            raise ValueError(f"custom is only for builder: custom, but builder is {self.builder}: remove one of them")
+        return self
 
     @property
     def dockerfile_path(self) -> str:

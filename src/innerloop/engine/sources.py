@@ -14,7 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from innerloop.builders.image import build_image, read_archive
+from innerloop.builders.bases import BaseImages
+from innerloop.builders.choice import build as build_with_choice
+from innerloop.builders.dockerfile import DockerfileError
+from innerloop.builders.image import BuiltinBuilder, read_config
+from innerloop.builders.request import BuildError, BuildRequest
 from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.paths import ClusterPaths
 from innerloop.config import Helm, Service
@@ -174,36 +178,54 @@ def _registry_failure(detail: str, *, where: str, reference: str, version: str |
     return f"{where}: `helm template` failed: {detail}"
 
 
-def base_resolver(paths: ClusterPaths) -> dict[str, BuiltImage]:
-    """Base images innerloop can build without a registry, by the name a Dockerfile uses."""
+def base_resolver(paths: ClusterPaths) -> dict[str, Callable[[], Path]]:
+    """The bundled base images, by the name a Dockerfile uses: each built (or found in the cache) when first asked."""
     images = ClusterImages(paths=paths, report=lambda _m: None)
-    return {"innerloop.local/python:3.11": images.python(), "innerloop.local/busybox:1.35": images.busybox()}
+    return {
+        "innerloop.local/python:3.11": lambda: images.python().archive,
+        "innerloop.local/busybox:1.35": lambda: images.busybox().archive,
+    }
 
 
 def build_service_image(
-    root: Path, name: str, service: Service, *, paths: ClusterPaths
+    root: Path, name: str, service: Service, *, paths: ClusterPaths, report: Callable[[str], None] | None = None
 ) -> tuple[BuiltImage, BuiltImageInfo]:
+    """Build (or find by input hash) a service's image with the builder its config chooses.
+
+    ``report`` gets the builder's choice and its reason, and a real builder's progress.
+    """
     assert service.image is not None
-    context = root / service.image.context
-    dockerfile = root / service.image.dockerfile if service.image.dockerfile else context / "Dockerfile"
+    say = report or (lambda _line: None)
+    image_config = service.image
+    context = root / image_config.context
+    dockerfile = root / image_config.dockerfile if image_config.dockerfile else context / "Dockerfile"
+    where = f"services.{name}.image"
+    if not context.is_dir():
+        raise PlanError(f"{where}.context: {image_config.context} is not a folder (looked in {root})")
     if not dockerfile.exists():
-        raise PlanError(f"services.{name}.image: no Dockerfile at {dockerfile}")
-    bases = base_resolver(paths)
-
-    def resolve(ref: str) -> Path:
-        if ref not in bases:
-            known = ", ".join(sorted(bases))
-            raise PlanError(f"{dockerfile}: base image {ref} is not available without a registry; use one of {known}")
-        return bases[ref].archive
-
-    image = build_image(
+        raise PlanError(f"{where}: no Dockerfile at {dockerfile}")
+    request = BuildRequest(
         context=context,
         dockerfile=dockerfile,
-        repository=f"innerloop.local/{service.image.name}",
-        resolve_base=resolve,
+        repository=f"innerloop.local/{image_config.name}",
+        build_args=dict(image_config.build_args),
+        target=image_config.target,
+        platform=image_config.platform,
         out_dir=paths.images / "apps",
     )
-    config = read_archive(image.archive).config
+    builtin = BuiltinBuilder(bases=BaseImages(bundled=base_resolver(paths), cache=paths.images / "bases"))
+    try:
+        image, _choice = build_with_choice(
+            image_config.builder,
+            request,
+            builtin=builtin,
+            custom_command=image_config.custom.command if image_config.custom else None,
+            report=lambda line: say(f"{name}: {line}"),
+        )
+    except (BuildError, DockerfileError) as err:
+        raise PlanError(f"{where}: {err}") from None
+    config = read_config(image.archive).get("config") or {}
+    assert isinstance(config, dict)
     entrypoint = config.get("Entrypoint") or []
     cmd = config.get("Cmd") or []
     assert isinstance(entrypoint, list) and isinstance(cmd, list)

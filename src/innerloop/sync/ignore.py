@@ -22,7 +22,9 @@ that folder is not the app's source, and all three are honoured:
    that is not in the image should not be synced into its container either.
 
 A path is ignored when the rule's patterns say so, or (when they say nothing)
-when git or the ``.dockerignore`` ignores it. ``.git`` is always ignored.
+when git or the ``.dockerignore`` ignores it. ``.git`` is always ignored,
+except by the scope of a build context (``keep_git``, used by the image
+builders: Docker sends ``.git`` unless the ``.dockerignore`` excludes it).
 
 ``.dockerignore`` is not gitignore. Docker (moby/patternmatcher) cleans each
 pattern with Go's ``filepath.Clean`` and matches it with ``filepath.Match``
@@ -304,7 +306,10 @@ class SyncScope:
         gitignores: Sequence[IgnoreFile] = (),
         info_exclude: IgnoreFile | None = None,
         dockerignore: IgnoreFile | None = None,
+        keep_git: bool = False,
     ) -> None:
+        # ``keep_git``: a build context, where ``.git`` is sent unless the .dockerignore says otherwise.
+        self._skip_git = not keep_git
         self.problems: list[str] = []
         rule_problems: list[str] = []
         rule = _compile(exclude, source="exclude", docker=False, problems=rule_problems)
@@ -337,7 +342,7 @@ class SyncScope:
         if is_dir:
             return self.prunes(path)
         parent, _, name = path.rpartition("/")
-        if name == GIT_DIR or (parent and self.prunes(parent)):
+        if (self._skip_git and name == GIT_DIR) or (parent and self.prunes(parent)):
             return True
         return self._ignores_itself(path, is_dir=False)
 
@@ -353,7 +358,9 @@ class SyncScope:
         if cached is None:
             parent, _, name = folder.rpartition("/")
             cached = (
-                name == GIT_DIR or (bool(parent) and self.prunes(parent)) or self._ignores_itself(folder, is_dir=True)
+                (self._skip_git and name == GIT_DIR)
+                or (bool(parent) and self.prunes(parent))
+                or self._ignores_itself(folder, is_dir=True)
             )
             if len(self._folders) >= _FOLDER_CACHE_LIMIT:
                 self._folders.clear()

@@ -69,6 +69,7 @@ def test_every_model_forbids_unknown_keys() -> None:
     defs = json_schema()["$defs"]
     assert set(defs) == {
         "ChangeStep",
+        "CustomBuild",
         "Helm",
         "Image",
         "Intercept",

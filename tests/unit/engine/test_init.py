@@ -247,7 +247,7 @@ class TestExistingFiles:
         dockerfile = "FROM python:3.12\nWORKDIR /code\nRUN pip install flask\n"
         found = detect({"app.py": STDLIB_APP, "Dockerfile": dockerfile})
         assert found.workdir == "/code"
-        assert any("RUN is not supported" in n for n in found.notes)
+        assert any("RUN needs a real builder" in n for n in found.notes)
 
     def test_existing_manifests_are_referenced_not_generated(self) -> None:
         found = detect({"main.py": "X = 1\n", "requirements.txt": "", "deploy/web.yaml": self.DEPLOYMENT})

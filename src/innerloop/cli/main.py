@@ -10,6 +10,7 @@ from innerloop import __version__
 from innerloop.cli.cluster import cluster
 from innerloop.cli.demo import demo
 from innerloop.cli.dev import down_command, logs, status, up
+from innerloop.cli.doctor import doctor
 from innerloop.cli.init import init_command
 from innerloop.cli.intercept import clean_command, intercept, leave
 from innerloop.cli.run import run
@@ -34,6 +35,7 @@ cli.add_command(run)
 cli.add_command(intercept)
 cli.add_command(leave)
 cli.add_command(clean_command)
+cli.add_command(doctor)
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
-"""delivery's registry path against a real registry (Debian's docker-registry, distribution 2.8) and skopeo.
+"""delivery's paths for real: the registry path against Debian's docker-registry (distribution 2.8) and skopeo.
 
-Each test starts its own registry on 127.0.0.1 with storage in tmp_path and
-stops it by pid; one is behind htpasswd (bcrypt) auth. The bundled cluster's
-image archives are what gets pushed.
+Each registry test starts its own registry on 127.0.0.1 with storage in
+tmp_path and stops it by pid; one is behind htpasswd (bcrypt) auth. The
+bundled cluster's image archives are what gets pushed. The bundled path
+imports into the bundled cluster's containerd.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import base64
 import json
 import os
 import re
+import secrets
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,8 +25,8 @@ import pytest
 
 from innerloop.cluster.node import BundledCluster
 from innerloop.delivery.choice import RegistryTarget
-from innerloop.delivery.deliver import DeliveryError, RegistryPush
-from innerloop.oci.archive import BuiltImage
+from innerloop.delivery.deliver import BundledImport, DeliveryError, RegistryPush
+from innerloop.oci.archive import BuiltImage, FileEntry, ImageConfig, layer_from_entries, write_archive
 
 from .kube import eventually, free_port
 
@@ -201,3 +203,22 @@ def test_an_unreachable_registry_and_a_missing_skopeo_are_one_line_each(
         DeliveryError, match=r"needs skopeo: install skopeo \(apt install skopeo / brew install skopeo\)"
     ):
         missing.deliver(image)
+
+
+def test_bundled_import_returns_the_tag_and_imports_only_when_absent(
+    bundled_cluster: BundledCluster, tmp_path: Path
+) -> None:
+    tag = f"innerloop.test/delivery:{secrets.token_hex(4)}"
+    layer = layer_from_entries([FileEntry(path="/hello", data=b"hello")])
+    archive = tmp_path / "image.tar"
+    write_archive(archive, tag=tag, layers=[layer], config=ImageConfig(cmd=["/hello"]))
+    messages: list[str] = []
+    delivery = BundledImport(bundled_cluster, report=messages.append)
+    try:
+        assert delivery.deliver(BuiltImage(tag=tag, archive=archive)) == tag
+        assert messages == [f"importing {tag} into the bundled cluster"]
+        assert tag in bundled_cluster.ctr("images", "ls", "-q").stdout.split()
+        assert delivery.deliver(BuiltImage(tag=tag, archive=archive)) == tag
+        assert len(messages) == 1  # present: not imported again
+    finally:
+        bundled_cluster.ctr("images", "rm", tag)

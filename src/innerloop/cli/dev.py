@@ -13,10 +13,12 @@ from pathlib import Path
 import aiohttp
 import click
 
+from innerloop.cli.options import default_repo_option, insecure_registry_option
 from innerloop.cli.output import explain_error, report
 from innerloop.cli.stopping import run_until_signal
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
+from innerloop.delivery import DeliveryError
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
 from innerloop.deploy.render import ManifestError
@@ -41,6 +43,7 @@ USER_ERRORS = (
     AlreadyRunning,
     WatchError,
     ForwardError,
+    DeliveryError,
 )
 
 
@@ -75,13 +78,17 @@ def _doing(loop: DevLoop) -> str:
 @config_option
 @namespace_option
 @click.option("--no-color", is_flag=True, help="Plain log prefixes.")
-def up(config_file: str | None, namespace: str | None, no_color: bool) -> None:
+@default_repo_option
+@insecure_registry_option
+def up(
+    config_file: str | None, namespace: str | None, no_color: bool, default_repo: str | None, insecure_registry: bool
+) -> None:
     """Build, deploy and develop: sync edits into running containers, forward ports, follow logs."""
     try:
         path = _config(config_file)
         loop = DevLoop(
             config_path=path,
-            target=connect(report),
+            target=connect(report, default_repo=default_repo, insecure_registry=insecure_registry),
             namespace=namespace,
             report=report,
             color=not no_color and sys.stdout.isatty(),

@@ -19,15 +19,18 @@ import click
 
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule, parse_rule
+from innerloop.cli.options import default_repo_option, insecure_registry_option
 from innerloop.cli.output import explain_error, report
 from innerloop.cli.stopping import Stopping, run_until_signal
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config, load_config
 from innerloop.config.model import Intercept as ConfigIntercept
+from innerloop.config.model import Project
 from innerloop.connect.context import parse_env_options, withheld_line
 from innerloop.connect.netns import NamespaceProcess
 from innerloop.connect.network import ClusterNetwork
 from innerloop.connect.run import RunError, command_env, fetch_context, materialize
+from innerloop.delivery import DeliveryError
 from innerloop.engine.target import Target, UpError, connect
 from innerloop.intercept.cluster import InterceptSetupError, clean
 from innerloop.intercept.plan import InterceptPlanError, origin_name
@@ -46,7 +49,15 @@ from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, Intercep
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.k8s.rest import RawApi, object_path
 
-INTERCEPT_ERRORS = (InterceptSetupError, InterceptPlanError, InterceptDenied, InterceptEnded, RunError, ValueError)
+INTERCEPT_ERRORS = (
+    InterceptSetupError,
+    InterceptPlanError,
+    InterceptDenied,
+    InterceptEnded,
+    RunError,
+    ValueError,
+    DeliveryError,
+)
 
 
 def _fail(err: BaseException) -> None:
@@ -98,6 +109,8 @@ def _describe(rules: Sequence[HeaderRule]) -> str:
 @click.option("--preview", "preview_target", help="ENTRY_SERVICE:PORT: print a local URL that adds your header.")
 @click.option("--share", is_flag=True, help="Serve the preview URL on every interface, for teammates.")
 @click.option("-f", "--file", "config_file", help="innerloop.yaml (default: found upwards from here, if any).")
+@default_repo_option
+@insecure_registry_option
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def intercept(  # noqa: PLR0917 - click passes options positionally
     service: str,
@@ -113,6 +126,8 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
     share: bool,
     config_file: str | None,
     env_options: tuple[str, ...],
+    default_repo: str | None,
+    insecure_registry: bool,
     command: tuple[str, ...],
 ) -> None:
     """Send SERVICE's cluster traffic to a local port, or to COMMAND (after --) started here with the
@@ -123,7 +138,7 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
     if global_mode and headers:
         raise click.UsageError("--global takes all traffic; --header is for personal intercepts")
     try:
-        configured, project_ns, project_root = _configured(service, config_file)
+        configured, project, project_root = _configured(service, config_file)
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
@@ -144,7 +159,7 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
         pairs = dict(_port_pair(p) for p in port_pairs)
         explicit_env = parse_env_options(env_options)
         preview = _entry(preview_target) if preview_target else None
-        target = connect(report)
+        target = connect(report, default_repo=default_repo, insecure_registry=insecure_registry)
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     except Exception as err:
@@ -155,13 +170,15 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
     mode: Mode = "global" if global_mode else "personal"
     request = InterceptRequest(
         service=service,
-        namespace=namespace or project_ns or target.conn.namespace,
+        namespace=namespace or (project.namespace if project else None) or target.conn.namespace,
         mode=mode,
         rules=rules,
         local_ports=pairs,
         default_local=to_port,
         name=name,
         grace=grace,
+        registry=project.registry if project else None,
+        agent_image=project.agent_image if project else None,
     )
     options = _Options(
         command=list(command),
@@ -196,8 +213,8 @@ class _Options:
     workdir: Path  # where the command runs: the project's folder when it comes from innerloop.yaml
 
 
-def _configured(name: str, config_file: str | None) -> tuple[ConfigIntercept | None, str | None, Path | None]:
-    """The `intercepts:` entry NAME of innerloop.yaml, the project's namespace and folder, if there is one."""
+def _configured(name: str, config_file: str | None) -> tuple[ConfigIntercept | None, Project | None, Path | None]:
+    """The `intercepts:` entry NAME of innerloop.yaml, the project and its folder, if there is one."""
     if config_file is not None:
         path = Path(config_file)
     else:
@@ -206,7 +223,7 @@ def _configured(name: str, config_file: str | None) -> tuple[ConfigIntercept | N
         except ConfigError:
             return None, None, None  # no project here: flags only
     project = load_config(path)
-    return project.intercepts.get(name), project.namespace, path.resolve().parent
+    return project.intercepts.get(name), project, path.resolve().parent
 
 
 def _entry(value: str) -> tuple[str, int]:

@@ -36,7 +36,7 @@ class PlanProblems(PlanError):
 
 @dataclass(frozen=True, kw_only=True)
 class BuiltImageInfo:
-    tag: str
+    reference: str  # what pods run: a tag, or repo@sha256:... on a registry
     entrypoint: Sequence[str] = ()
     cmd: Sequence[str] = ()
 
@@ -207,7 +207,7 @@ def plan_service(
     token: str,
 ) -> ServicePlan:
     service = project.services[name]
-    pin_images(docs, {image_name: info.tag for image_name, info in built.items()})
+    pin_images(docs, {image_name: info.reference for image_name, info in built.items()})
     workload = find_workload(docs, name, service)
     if isinstance(workload, Problem):
         raise PlanProblems([workload])
@@ -224,7 +224,7 @@ def plan_service(
     out_docs = list(docs)
     secret = ""
     if dev_mode:
-        image = next((info for info in built.values() if info.tag == container.get("image")), None)
+        image = next((info for info in built.values() if info.reference == container.get("image")), None)
         command = original_command(container, image.entrypoint if image else (), image.cmd if image else ())
         secret = token_secret_name(project.name, name)
         patched = apply_dev_mode(

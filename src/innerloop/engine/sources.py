@@ -229,4 +229,6 @@ def build_service_image(
     entrypoint = config.get("Entrypoint") or []
     cmd = config.get("Cmd") or []
     assert isinstance(entrypoint, list) and isinstance(cmd, list)
-    return image, BuiltImageInfo(tag=image.tag, entrypoint=[str(e) for e in entrypoint], cmd=[str(c) for c in cmd])
+    return image, BuiltImageInfo(
+        reference=image.tag, entrypoint=[str(e) for e in entrypoint], cmd=[str(c) for c in cmd]
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+import dataclasses
 import functools
 import secrets
 import time
@@ -113,22 +114,25 @@ class DevLoop:
         self.store.update(name, phase="building")
         started = time.monotonic()
         image, info = build_service_image(self.root, name, service, paths=self.target.paths)
-        self.target.load_image(image)  # a no-op when the cluster has this tag already
-        self.built[service.image.name] = info
-        self.store.update(name, image=image.tag)
-        self.report(f"{name}: image {image.tag} ({(time.monotonic() - started) * 1000:.0f} ms)")
+        reference = self.target.deliver(image)  # a no-op when the cluster has this image already
+        self.built[service.image.name] = dataclasses.replace(info, reference=reference)
+        self.store.update(name, image=reference)
+        self.report(f"{name}: image {reference} ({(time.monotonic() - started) * 1000:.0f} ms)")
 
     def build(self) -> None:
         for name, service in self.project.services.items():
             if service.image is not None:
                 self._build_service(name)
+        if self.project.agent_image is not None:
+            self.agent_tag = self.project.agent_image  # pre-mirrored: nothing to build or push
+            return
         paths = self.target.paths
         agent = build_agent_image(
             python_archive=ClusterImages(paths=paths, report=self.report).python().archive, out_dir=paths.images
         )
-        if any(s.sync for s in self.project.services.values()):
-            self.target.load_image(agent)
-        self.agent_tag = agent.tag
+        self.agent_tag = (
+            self.target.deliver(agent) if any(s.sync for s in self.project.services.values()) else agent.tag
+        )
 
     def _objects(self) -> dict[str, list[dict[str, Any]]]:
         """Every service's manifests, each object given to the one service that applies it.
@@ -160,7 +164,7 @@ class DevLoop:
         """Plan every service without building anything: refuse what `up` cannot serve, learn the selectors."""
         # Images are not built yet: stand-ins with an entrypoint, since the Dockerfile may give the command.
         unbuilt = {
-            s.image.name: BuiltImageInfo(tag=f"{s.image.name}:unbuilt", entrypoint=["(the image's)"])
+            s.image.name: BuiltImageInfo(reference=f"{s.image.name}:unbuilt", entrypoint=["(the image's)"])
             for s in self.project.services.values()
             if s.image is not None
         }
@@ -193,6 +197,9 @@ class DevLoop:
     async def deploy(self, client: AsyncClient) -> None:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
         await ensure_namespace(client, self.namespace)
+        # And how images reach it: a cluster with no way in says what would work before anything is built.
+        if any(s.image is not None or s.sync for s in self.project.services.values()):
+            await self.target.images(registry=self.project.registry, report=self.report)
         # Then refuse what cannot work (the config against its manifests, a local port in use)
         # before building or deploying anything.
         objects = await asyncio.to_thread(self._objects)

@@ -32,6 +32,7 @@ from innerloop.agent.match import HeaderRule
 from innerloop.agent.restore import selector_of
 from innerloop.builders.agent_image import build_agent_image
 from innerloop.cluster.images import ClusterImages
+from innerloop.config.model import Registry
 from innerloop.engine.target import Target
 from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service, wait_router_ready
 from innerloop.intercept.plan import router_name, router_selector
@@ -86,13 +87,16 @@ def saved_intercepts(namespace: str | None = None) -> list[dict[str, str]]:
     return found
 
 
-def agent_image(target: Target, report: Report) -> str:
+async def agent_image(target: Target, report: Report, *, registry: Registry | None, mirrored: str | None) -> str:
+    """The router's image: the pre-mirrored ``agentImage``, else the agent built here and delivered."""
+    if mirrored is not None:
+        return mirrored
+    await target.images(registry=registry, report=report)
     paths = target.paths
     image = build_agent_image(
         python_archive=ClusterImages(paths=paths, report=report).python().archive, out_dir=paths.images
     )
-    target.load_image(image)
-    return image.tag
+    return await asyncio.to_thread(target.deliver, image)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,12 +109,14 @@ class InterceptRequest:
     default_local: int | None
     name: str | None
     grace: float
+    registry: Registry | None = None  # innerloop.yaml `registry:`
+    agent_image: str | None = None  # innerloop.yaml `agentImage:`
 
 
 async def start(target: Target, request: InterceptRequest, *, report: Report) -> InterceptTunnel:
     """The router started or joined (its pod may still be starting) and the tunnel that will hold the
     intercept; the caller runs ``tunnel.run()`` (it registers) and then :func:`switch`."""
-    image = agent_image(target, report)
+    image = await agent_image(target, report, registry=request.registry, mirrored=request.agent_image)
     async with RawApi(target.conn) as api:
         info = await ensure_router(
             api, namespace=request.namespace, service=request.service, image=image, grace=request.grace, report=report

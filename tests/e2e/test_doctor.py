@@ -146,6 +146,14 @@ def test_doctor_with_a_default_repo_says_registry(innerloop_cli: list[str], kube
     assert lines["default"] == "127.0.0.1:5999/x (from --default-repo)"
     assert lines["recognised"].startswith("bundled")  # still recognised; the named registry wins
 
+    named = "registry.example.com/team"
+    _, stdout, _ = _doctor(innerloop_cli, tmp_path, _env(kube.kubeconfig), "--default-repo", named)
+    assert _lines(stdout)["delivery"] == f"registry: push to {named}, deploy by digest"  # TLS for a named host
+    _, stdout, _ = _doctor(
+        innerloop_cli, tmp_path, _env(kube.kubeconfig), "--default-repo", named, "--insecure-registry"
+    )
+    assert _lines(stdout)["delivery"] == f"registry: push to {named} (plain HTTP allowed), deploy by digest"
+
     env = _env(kube.kubeconfig, INNERLOOP_DEFAULT_REPO="10.1.2.3:5000")
     code, stdout, _ = _doctor(innerloop_cli, tmp_path, env)
     assert code == 0

@@ -8,6 +8,7 @@ unknown; the exit status says whether images can reach the cluster.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from innerloop.cli.options import default_repo_option, insecure_registry_option
 from innerloop.cluster.node import BundledCluster
 from innerloop.config import ConfigError, find_config, load_config
 from innerloop.delivery.choice import INSTALL_HINTS, DeliveryPlan, Method, NoDelivery, Recognition, plan_delivery
@@ -114,12 +116,9 @@ def _credentials(plan: DeliveryPlan | None) -> str | None:
 
 
 @click.command("doctor")
-@click.option(
-    "--default-repo",
-    metavar="REGISTRY[/PATH]",
-    help="Push images here (overrides INNERLOOP_DEFAULT_REPO and innerloop.yaml's registry:).",
-)
-def doctor(default_repo: str | None) -> None:
+@default_repo_option
+@insecure_registry_option
+def doctor(default_repo: str | None, insecure_registry: bool) -> None:
     """Say which cluster, how images reach it and why, which builders are installed, what is missing.
 
     Exit 0 when images can reach the cluster, 1 when they cannot (the last
@@ -134,6 +133,8 @@ def doctor(default_repo: str | None) -> None:
     repo = resolve_default_repo(
         flag=default_repo, env=os.environ, config_repo=config_repo, config_insecure=config_insecure
     )
+    if repo is not None and insecure_registry:
+        repo = dataclasses.replace(repo, insecure=True)
     facts = asyncio.run(gather_facts(conn, default_repo=repo))
 
     plan: DeliveryPlan | None = None

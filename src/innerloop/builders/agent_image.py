@@ -150,7 +150,7 @@ def build_agent_image(*, python_archive: Path, out_dir: Path) -> BuiltImage:
         labels={"org.opencontainers.image.title": "innerloop-agent"},
     )
     layers = [runtime, agent]
-    tag = f"innerloop.local/agent:{image_id(layers=layers, config=config)[:12]}"
+    tag = f"innerloop.local/innerloop-agent:{image_id(layers=layers, config=config)[:12]}"
     archive = out_dir / f"agent-{tag.rsplit(':', 1)[1]}.tar"
     if not archive.exists():
         write_archive(archive, tag=tag, layers=layers, config=config)

@@ -95,6 +95,9 @@ def archive_config_digest(archive: Path, tag: str) -> str:
         raise DeliveryError(f"cannot read image archive {archive}: {err}") from None
 
 
+LOCAL_PREFIX = "innerloop.local/"
+
+
 class RegistryPush:
     """skopeo copy to a registry; pods reference the image by digest."""
 
@@ -121,7 +124,8 @@ class RegistryPush:
     def names(self, image: BuiltImage) -> tuple[str, str, str]:
         """(push name, pull name, tag) for ``image`` under the target, by Skaffold's rewriting."""
         parsed = parse_image(image.tag)
-        push = rewrite_name(parsed.name, self.target.push)
+        # innerloop.local/ is where innerloop keeps what it builds; under a registry the user's own name counts.
+        push = rewrite_name(parsed.name.removeprefix(LOCAL_PREFIX), self.target.push)
         pull = push
         push_prefix = self.target.push.rstrip("/")
         if self.target.pull != self.target.push and push.startswith(push_prefix):

@@ -142,10 +142,10 @@ def test_a_missing_manifest_means_push() -> None:
 def test_names_under_the_push_and_the_pull_repository() -> None:
     target = RegistryTarget(push="localhost:5001", pull="kind-registry:5000", insecure=True, source="kep")
     push = RegistryPush(target, env={}, home=Path("/nonexistent"))
-    image = BuiltImage(tag="innerloop.local/agent:0.1-abc", archive=ARCHIVE)
+    image = BuiltImage(tag="innerloop.local/innerloop-agent:0.1-abc", archive=ARCHIVE)
     assert push.names(image) == (
-        "localhost:5001/innerloop_local_agent",
-        "kind-registry:5000/innerloop_local_agent",
+        "localhost:5001/innerloop-agent",
+        "kind-registry:5000/innerloop-agent",
         "0.1-abc",
     )
     named = RegistryPush(
@@ -153,7 +153,7 @@ def test_names_under_the_push_and_the_pull_repository() -> None:
         env={},
         home=Path("/nonexistent"),
     )
-    assert named.names(BuiltImage(tag="bookshop-api:1f2e", archive=ARCHIVE)) == (
+    assert named.names(BuiltImage(tag="innerloop.local/bookshop-api:1f2e", archive=ARCHIVE)) == (
         "gcr.io/my-project/bookshop-api",
         "gcr.io/my-project/bookshop-api",
         "1f2e",

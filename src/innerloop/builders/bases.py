@@ -81,7 +81,11 @@ class BaseImages:
 
     def _platform_flags(self, platform: str) -> list[str]:
         parts = platform.split("/")
-        flags = ["--override-os", parts[0]]
+        flags = []
+        # buildah and podman read CONTAINERS_REGISTRIES_CONF; skopeo 1.9 only takes it as a flag.
+        if os.environ.get("CONTAINERS_REGISTRIES_CONF"):
+            flags += ["--registries-conf", os.environ["CONTAINERS_REGISTRIES_CONF"]]
+        flags += ["--override-os", parts[0]]
         if len(parts) > 1:
             flags += ["--override-arch", parts[1]]
         if len(parts) > 2:

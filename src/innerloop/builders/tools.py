@@ -224,8 +224,10 @@ def _last_line(text: str) -> str:
 
 
 def _cause(stderr: str) -> str:
-    match = _NO_CONTAINER.search(stderr)
-    return match.group(0) if match else _last_line(stderr)
+    """The most specific phrase of the runtime's complaint (the cgroup one says what is wrong with the host)."""
+    found = [m.group(0) for m in _NO_CONTAINER.finditer(stderr)]
+    specific = [f for f in found if "cgroup" in f.lower()]
+    return (specific or found or [_last_line(stderr)])[0]
 
 
 def _failure(text: str) -> str:

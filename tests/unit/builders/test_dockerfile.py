@@ -290,3 +290,97 @@ def test_from_platform_of_the_platform_being_built_is_exact() -> None:
     assert parse("FROM --platform=linux/arm64 base:1\n", platform="linux/arm64").base == "base:1"
     with pytest.raises(Unsupported, match=r"^Dockerfile:1: FROM --platform=linux/arm64 needs a real builder"):
         parse("FROM --platform=linux/arm64 base:1\n")
+
+
+class TestStagesAndArgs:
+    MULTI = lines(
+        "ARG BASE=registry.local/base:1",
+        "FROM golang AS build",
+        "RUN go build",
+        "FROM ${BASE} AS app",
+        "ARG BASE",
+        "ARG MODE=prod",
+        "ENV MODE=$MODE FROM=$BASE",
+        "COPY app.py /app/",
+        "FROM app AS debug",
+        "RUN apk add gdb",
+    )
+
+    def test_a_target_stage_that_needs_no_other_stage_is_built_alone(self) -> None:
+        r = parse(self.MULTI, target="app", build_args={"MODE": "dev"})
+        assert (r.base, r.stage, r.base_line) == ("registry.local/base:1", "app", 4)
+        assert r.env == {"MODE": "dev", "FROM": "registry.local/base:1"}
+
+    def test_without_a_target_the_last_stage_is_built(self) -> None:
+        with pytest.raises(Unsupported, match=r"^Dockerfile:9: FROM app \(a stage built on another stage\)"):
+            parse(self.MULTI)
+
+    def test_an_unknown_target(self) -> None:
+        with pytest.raises(DockerfileError, match=r"^Dockerfile: no stage named 'test' to build \(stages: build, app"):
+            parse(self.MULTI, target="test")
+
+    def test_build_args_override_global_defaults_for_from(self) -> None:
+        assert parse(self.MULTI, target="app", build_args={"BASE": "other:2"}).base == "other:2"
+
+    def test_platform_args(self) -> None:
+        r = parse(lines("FROM b", "ARG TARGETARCH", "ARG TARGETPLATFORM", "ENV A=$TARGETARCH P=$TARGETPLATFORM"))
+        assert r.env == {"A": "amd64", "P": "linux/amd64"}
+
+    def test_several_args_on_one_line_and_defaults_that_use_variables(self) -> None:
+        r = parse(lines("FROM b", "ARG A=1 B", "ARG C=${A}x", "ENV A=$A B=$B C=$C"), build_args={"B": "2"})
+        assert r.env == {"A": "1", "B": "2", "C": "1x"}
+
+    def test_only_arg_may_come_before_from(self) -> None:
+        with pytest.raises(DockerfileError, match=r"^Dockerfile:1: ENV before the first FROM"):
+            parse(lines("ENV A=1", "FROM b"))
+
+    def test_default_forms(self) -> None:
+        r = parse(lines("FROM b", "ARG SET=x", "ENV A=${UNSET:-fallback} B=${SET:-no} C=${SET:+yes} D=${UNSET:+no}"))
+        assert r.env == {"A": "fallback", "B": "x", "C": "yes", "D": ""}
+
+    def test_values_of_one_env_line_see_the_variables_from_before_it(self) -> None:
+        assert parse(lines("FROM b", "ENV A=1 B=$A")).env == {"A": "1", "B": ""}
+
+
+class TestCopyFlags:
+    def test_chown_chmod_and_link(self) -> None:
+        r = parse(lines("FROM b", "ARG U=65532", "COPY --link --chown=$U:$U --chmod=0640 a /a"))
+        assert r.copies == [Copy(sources=("a",), dest="/a", line=3, chown="65532:65532", chmod=0o640)]
+
+    def test_exec_form_with_flags(self) -> None:
+        r = parse(lines("FROM b", 'COPY --chown=app ["a b", "/x/"]'))
+        assert r.copies == [Copy(sources=("a b",), dest="/x/", line=2, chown="app")]
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        ("line", "what"),
+        [
+            ("COPY --from=build /out /app", "COPY --from"),
+            ("COPY --from build /out /app", "COPY --from"),
+            ("ADD https://example.com/x.tgz /x", r"ADD of a URL \(https://example.com/x.tgz\)"),
+            ("ADD git@github.com:a/b.git /src", r"ADD of a URL \(git@github.com:a/b.git\)"),
+            ("COPY --parents a /b", "COPY --parents"),
+            ("COPY --exclude=*.md . /b", r"COPY --exclude=\*.md"),
+            ("ADD --checksum=sha256:0 a /b", "ADD --checksum=sha256:0"),
+            ("COPY --chmod=u+x a /b", r"COPY --chmod=u\+x \(only octal modes are built in\)"),
+            ("COPY <<EOF /x", "COPY with a heredoc"),
+            ("ENV A=${B/x/y}", r"the variable form \$\{B/x/y\}"),
+            ("ENV A='$B'", "ENV with a variable and single quotes or escapes"),
+            ("USER \\$HOME", "a variable next to single quotes or escapes"),
+            ("ONBUILD RUN x", "ONBUILD"),
+        ],
+    )
+    def test_what_the_builtin_builder_cannot_do_exactly(self, line: str, what: str) -> None:
+        with pytest.raises(Unsupported, match=rf"^Dockerfile:2: {what} needs a real builder$"):
+            parse(lines("FROM b", line))
+
+    def test_the_escape_directive(self) -> None:
+        with pytest.raises(Unsupported, match=r"^Dockerfile:1: the escape parser directive"):
+            parse(lines("# escape=`", "FROM b"))
+
+    def test_refusals_are_dockerfile_errors_with_where_and_what(self) -> None:
+        with pytest.raises(DockerfileError) as err:
+            parse(lines("FROM b", "RUN x"), filename="api/Dockerfile")
+        assert isinstance(err.value, Unsupported)
+        assert (err.value.where, err.value.what) == ("api/Dockerfile:2", "RUN")

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from innerloop.builders.dockerfile import DockerfileError, Unsupported
-from innerloop.builders.image import build_image, read_archive
+from innerloop.builders.image import BuiltinBuilder, build_image, read_archive
+from innerloop.builders.request import BuildRequest
 from innerloop.oci.archive import BuiltImage, FileEntry, ImageConfig, layer_from_entries, write_archive
 
 BASE_TAG = "innerloop.local/base:1"
@@ -306,3 +307,112 @@ class TestRefusals:
         with pytest.raises(KeyError):
             builder.build("FROM somewhere/else:1\n")
         assert builder.resolved == ["somewhere/else:1"]
+
+
+class TestDockerignore:
+    def test_copy_dot_leaves_out_what_the_dockerignore_excludes(self, builder: Builder) -> None:
+        ctx = builder.context
+        (ctx / ".git").mkdir()
+        (ctx / ".git" / "HEAD").write_text("ref\n")
+        (ctx / ".env").write_text("SECRET=1\n")
+        (ctx / ".innerloop" / "run").mkdir(parents=True)
+        (ctx / ".innerloop" / "run" / "secret.env").write_text("TOKEN=1\n")
+        (ctx / ".dockerignore").write_text(".env\n.git\n.innerloop/\nstatic/css\n!static/css/site.css\n")
+        layer = Archive(builder.build(f"FROM {BASE_TAG}\nCOPY . /app/\n").archive).app_layer()
+        assert {"app/app.py", "app/run.sh", "app/static/index.html", "app/static/css/site.css"} <= set(layer)
+        assert {"app/Dockerfile", "app/.dockerignore"} <= set(layer)  # still sent, and copied unless excluded
+        assert not [p for p in layer if ".env" in p or ".git" in p or ".innerloop" in p]
+
+    def test_copying_an_excluded_file_is_not_found(self, builder: Builder) -> None:
+        (builder.context / ".dockerignore").write_text("app.py\n")
+        with pytest.raises(
+            DockerfileError, match=r"Dockerfile:2: COPY source app.py not found .*\.dockerignore excludes"
+        ):
+            builder.build(f"FROM {BASE_TAG}\nCOPY app.py /app/\n")
+
+    def test_wildcards(self, builder: Builder) -> None:
+        (builder.context / "b.py").write_text("")
+        layer = Archive(builder.build(f"FROM {BASE_TAG}\nCOPY *.py /app/\n").archive).app_layer()
+        assert set(layer) == {"app", "app/app.py", "app/b.py"}
+
+
+class TestOwnersAndModes:
+    PASSWD = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"
+    GROUP = "root:x:0:\napp:x:1001:\nstaff:x:50:\n"
+
+    @pytest.fixture
+    def base_layers(self) -> list[bytes]:
+        return [
+            layer_from_entries(
+                [
+                    FileEntry.directory("/etc"),
+                    FileEntry(path="/etc/passwd", data=self.PASSWD.encode()),
+                    FileEntry(path="/etc/group", data=self.GROUP.encode()),
+                    FileEntry.directory("/home"),
+                    FileEntry.directory("/home/nonroot", uid=65532, gid=65532, mode=0o700),
+                    FileEntry.directory("/usr"),
+                    FileEntry.directory("/usr/bin"),
+                ]
+            )
+        ]
+
+    def test_chown_by_name_uses_the_base_users_and_groups(self, builder: Builder) -> None:
+        layer = Archive(builder.build(f"FROM {BASE_TAG}\nCOPY --chown=app static /srv/\n").archive).app_layer()
+        assert {(layer[p][0].uid, layer[p][0].gid) for p in ("srv", "srv/index.html", "srv/css")} == {(1000, 1001)}
+        layer = Archive(builder.build(f"FROM {BASE_TAG}\nCOPY --chown=app:staff app.py /srv/\n").archive).app_layer()
+        assert (layer["srv/app.py"][0].uid, layer["srv/app.py"][0].gid) == (1000, 50)
+
+    def test_chown_by_number_without_group_uses_the_uid(self, builder: Builder) -> None:
+        layer = Archive(builder.build(f"FROM {BASE_TAG}\nCOPY --chown=42 app.py /srv/\n").archive).app_layer()
+        assert (layer["srv/app.py"][0].uid, layer["srv/app.py"][0].gid) == (42, 42)
+        assert (layer["srv"][0].uid, layer["srv"][0].gid) == (0, 0)  # a parent it creates stays root's
+
+    def test_an_unknown_user(self, builder: Builder) -> None:
+        with pytest.raises(
+            DockerfileError, match=r"Dockerfile:2: COPY --chown: the base image's /etc/passwd has no user 'nobody'"
+        ):
+            builder.build(f"FROM {BASE_TAG}\nCOPY --chown=nobody app.py /srv/\n")
+
+    def test_chmod_applies_to_files_and_folders_copied(self, builder: Builder) -> None:
+        layer = Archive(builder.build(f"FROM {BASE_TAG}\nCOPY --chmod=750 static /srv/\n").archive).app_layer()
+        assert {layer[p][0].mode for p in ("srv/index.html", "srv/css", "srv/css/site.css")} == {0o750}
+
+    def test_folders_of_the_base_keep_their_owner_and_a_file_lands_inside_them(self, builder: Builder) -> None:
+        layer = Archive(
+            builder.build(f"FROM {BASE_TAG}\nCOPY run.sh /usr/bin\nCOPY app.py /home/nonroot/\n").archive
+        ).app_layer()
+        assert set(layer) == {"usr/bin/run.sh", "home/nonroot/app.py"}
+
+
+def test_add_of_a_local_archive_is_refused(builder: Builder) -> None:
+    with tarfile.open(builder.context / "vendor.tar", "w") as tar:
+        tar.add(builder.context / "app.py", arcname="app.py")
+    with pytest.raises(Unsupported, match=r"Dockerfile:2: ADD of the archive vendor.tar .* needs a real builder"):
+        builder.build(f"FROM {BASE_TAG}\nADD vendor.tar /opt/\n")
+    layer = Archive(builder.build(f"FROM {BASE_TAG}\nADD app.py /opt/\n").archive).app_layer()
+    assert "opt/app.py" in layer
+
+
+def test_build_args_reach_the_image(builder: Builder, tmp_path: Path) -> None:
+    path = builder.context / "Dockerfile"
+    path.write_text(f"FROM {BASE_TAG}\nARG PORT=8080\nENV PORT=$PORT\n")
+    request = BuildRequest(
+        context=builder.context,
+        dockerfile=path,
+        repository="innerloop.local/shop",
+        build_args={"PORT": "9090"},
+        out_dir=tmp_path / "o",
+    )
+    image = BuiltinBuilder(bases=_Bases(builder.base_archive)).build(request, print)
+    assert "PORT=9090" in Archive(image.archive).runtime["Env"]
+
+
+class _Bases:
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+
+    def identity(self, ref: str) -> str:
+        return ref
+
+    def resolve(self, ref: str, **_kwargs: object) -> Path:
+        return self.archive

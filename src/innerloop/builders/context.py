@@ -48,9 +48,36 @@ def context_scope(context: Path) -> SyncScope:
     return SyncScope(dockerignore=dockerignore, keep_git=True)
 
 
+class _Remembered:
+    """A scope whose answers are kept: the same paths are asked again at every look at an unchanged context."""
+
+    def __init__(self, scope: SyncScope) -> None:
+        self._scope = scope
+        self._answers: dict[tuple[str, bool], bool] = {}
+
+    def ignores(self, path: str, *, is_dir: bool = False) -> bool:
+        key = (path, is_dir)
+        answer = self._answers.get(key)
+        if answer is None:
+            if len(self._answers) >= _ANSWERS_LIMIT:
+                self._answers.clear()
+            answer = self._answers[key] = self._scope.ignores(path, is_dir=is_dir)
+        return answer
+
+
+_ANSWERS_LIMIT = 500_000
+_SCOPES: dict[tuple[str, str], _Remembered] = {}
+
+
 def context_files(context: Path, *, scanner: Scanner | None = None) -> Tree[FileState]:
     """Every file and symlink of the context that a build sees, with its mode and sha256."""
-    return (scanner or _SCANNER).scan(context, context_scope(context))
+    key = (str(context.absolute()), dockerignore_text(context))
+    scope = _SCOPES.get(key)
+    if scope is None:
+        if len(_SCOPES) > 64:
+            _SCOPES.clear()
+        scope = _SCOPES[key] = _Remembered(context_scope(context))
+    return (scanner or _SCANNER).scan(context, scope)
 
 
 def input_hash(

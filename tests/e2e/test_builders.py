@@ -47,6 +47,9 @@ from innerloop.builders.request import BuildError, BuildRequest
 from innerloop.builders.tools import TOOLS, ToolBuilder
 from innerloop.cluster.images import ClusterImages
 from innerloop.cluster.paths import ClusterPaths
+from innerloop.config import Service, load_config
+from innerloop.engine.plan import PlanError
+from innerloop.engine.sources import build_service_image
 from innerloop.oci.archive import BuiltImage
 
 REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -386,3 +389,56 @@ def test_builtin_builder_fetches_a_base_from_a_registry_and_skopeo_pushes_the_re
         check=False,
     )
     assert pushed.returncode == 0, pushed.stderr
+
+
+PROJECT = """version: 1
+name: shop
+services:
+  shop:
+    image:
+      name: shop
+      context: shop
+      builder: {builder}
+      target: app
+      buildArgs:
+        GREETING: bonjour
+    manifests:
+      files: [k8s]
+"""
+
+
+def project(tmp_path: Path, busybox_ref: str, builder: str) -> tuple[Path, Service]:
+    write_app(tmp_path / "shop", busybox_ref)
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "innerloop.yaml").write_text(PROJECT.format(builder=builder))
+    return tmp_path, load_config(tmp_path / "innerloop.yaml").services["shop"]
+
+
+@needs_registry
+def test_innerloop_yaml_builder_target_and_build_args_reach_the_build(
+    busybox_ref: str, containers_env: Path, tmp_path: Path
+) -> None:
+    if shutil.which("buildah") is None:
+        pytest.skip("needs buildah (apt install buildah)")
+    root, service = project(tmp_path, busybox_ref, "auto")
+    paths = ClusterPaths(cache=tmp_path / "cache", state=tmp_path / "state")
+    lines: list[str] = []
+    image, info = build_service_image(root, "shop", service, paths=paths, report=lines.append)
+    assert lines[0] == f"shop: {root / 'shop' / 'Dockerfile'}:6: COPY --from needs a real builder: using buildah"
+    assert image.tag.startswith("innerloop.local/shop:")
+    assert image.archive.parent == paths.images / "apps"
+    assert info.cmd == ["/bin/sh", "-c", "cat /app/greeting.txt"]
+    assert_app_image(image)
+    assert not (tmp_path / "cache" / "images" / "bases").exists()  # no bundled base was built for nothing
+
+
+def test_a_named_builder_that_is_not_installed_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, service = project(tmp_path, "127.0.0.1:1/library/busybox:1.35", "nerdctl")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    paths = ClusterPaths(cache=tmp_path / "cache", state=tmp_path / "state")
+    with pytest.raises(PlanError) as err:
+        build_service_image(root, "shop", service, paths=paths)
+    assert str(err.value) == (
+        "services.shop.image: image.builder nerdctl: nerdctl is not installed: "
+        "install nerdctl (with containerd and BuildKit)"
+    )

@@ -88,7 +88,12 @@ def running_up(
     handle = Up(dir=app, namespace=namespace, ports=ports, proc=proc, cli=cli, log=log, env=dict(env or {}))
     try:
         # Builds three images and starts three pods: minutes on a busy machine.
-        eventually(lambda: proc.poll() is None and "in sync" in log.read_text() and handle.greeting(), timeout_s=600)
+        def serving() -> bool:
+            if proc.poll() is not None:  # not retried: `up` gave up, its log says why
+                raise RuntimeError(f"innerloop up exited {proc.returncode}:\n{log.read_text()}")
+            return "in sync" in log.read_text() and bool(handle.greeting())
+
+        eventually(serving, timeout_s=600)
         yield handle
     finally:
         if proc.poll() is None:

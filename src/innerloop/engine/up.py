@@ -113,7 +113,7 @@ class DevLoop:
         assert service.image is not None
         self.store.update(name, phase="building")
         started = time.monotonic()
-        image, info = build_service_image(self.root, name, service, paths=self.target.paths)
+        image, info = build_service_image(self.root, name, service, paths=self.target.paths, report=self.report)
         reference = self.target.deliver(image)  # a no-op when the cluster has this image already
         self.built[service.image.name] = dataclasses.replace(info, reference=reference)
         self.store.update(name, image=reference)

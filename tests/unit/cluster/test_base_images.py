@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import tarfile
+from pathlib import Path
 
 from innerloop.cluster import base_images as b
 
@@ -230,3 +233,38 @@ def test_config_blob_is_deterministic_and_names_each_layer() -> None:
     assert [h["created_by"] for h in doc["history"]] == ["one", "two"]
     assert doc["created"] == "2023-06-10T00:00:00Z"
     assert doc["config"]["Cmd"] == ["bash"]
+
+
+def test_a_layer_written_from_a_root_is_byte_stable_and_keeps_links_modes_and_owners(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "usr/lib/__pycache__").mkdir(parents=True)
+    (root / "dev").mkdir()
+    os.mkfifo(root / "dev/fifo")
+    (root / "usr/bin/tool").write_bytes(b"#!/bin/sh\n")
+    (root / "usr/bin/tool").chmod(0o4755)
+    os.link(root / "usr/bin/tool", root / "usr/bin/tool-again")
+    (root / "usr/bin/link").symlink_to("tool")
+    pyc = b"\xa7\r\r\n" + bytes(4) + (777).to_bytes(4, "little") + (3).to_bytes(4, "little") + b"code"
+    (root / "usr/lib/__pycache__/m.cpython-311.pyc").write_bytes(pyc)
+    if os.geteuid() == 0:
+        os.chown(root / "usr/lib", 1000, 1000)
+
+    listing = b._listing(root)
+    assert "/dev/fifo" not in listing and "/dev" in listing
+    first, second = tmp_path / "one.tar", tmp_path / "two.tar"
+    digest = b._write_layer(root, b.layer_plan(listing), first)
+    assert digest == b._write_layer(root, b.layer_plan(listing), second)
+    assert first.read_bytes() == second.read_bytes()
+
+    with tarfile.open(first) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert {m.mtime for m in members.values()} == {b.EPOCH}
+        assert members["usr/bin/tool"].mode == 0o4755
+        assert members["usr/bin/tool-again"].islnk() and members["usr/bin/tool-again"].linkname == "usr/bin/tool"
+        assert members["usr/bin/link"].issym() and members["usr/bin/link"].linkname == "tool"
+        data = tar.extractfile("usr/lib/__pycache__/m.cpython-311.pyc").read()  # type: ignore[union-attr]
+        assert int.from_bytes(data[8:12], "little") == b.EPOCH
+        if os.geteuid() == 0:
+            assert (members["usr/lib"].uid, members["usr/lib"].gid) == (1000, 1000)
+        assert members["usr/lib"].uname == ""

@@ -46,7 +46,7 @@ def down() -> None:
 
 
 @cluster.command()
-@click.option("--json", "as_json", is_flag=True, help="Print kubeconfig, kubectl and image tags as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print kubeconfig, kubectl, image tags and registry as JSON.")
 def status(as_json: bool) -> None:
     """Which components run; exit 1 unless all of them do."""
     c = _cluster()
@@ -65,6 +65,7 @@ def status(as_json: bool) -> None:
         click.echo("cluster: not ready (run `innerloop cluster up`)")
         sys.exit(1)
     click.echo(f"kubeconfig: {info.kubeconfig}")
+    click.echo(f"registry: {info.registry} (plain HTTP; containerd also pulls docker.io images from it)")
 
 
 @cluster.command()

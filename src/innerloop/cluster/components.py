@@ -16,6 +16,8 @@ import yaml
 from innerloop.cluster.paths import ClusterPaths
 
 API_PORT = 6443
+# The bundled OCI registry, on the node's address (see innerloop.cluster.registry).
+REGISTRY_PORT = 5001
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 DNS_IP = "10.96.0.10"
@@ -36,6 +38,11 @@ class ClusterSpec:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{API_PORT}"
+
+    @property
+    def registry(self) -> str:
+        """The bundled registry's address, ``host:port``, the same from this machine, containerd and pods."""
+        return f"{self.node_ip}:{REGISTRY_PORT}"
 
     def kubeconfig_for(self, identity: str) -> Path:
         return self.paths.config / f"{identity}.kubeconfig"
@@ -163,6 +170,10 @@ state = "{p.run / "containerd"}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{p.config / "cni"}"
+  # One folder per registry host with a hosts.toml (the bundled registry, docker.io's mirror);
+  # read at every pull, so a test can add a registry without restarting containerd.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{p.certs_d}"
 """
 
 

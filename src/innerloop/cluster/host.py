@@ -20,6 +20,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from innerloop.cluster.components import BRIDGE
@@ -39,7 +41,24 @@ DEBIAN_PACKAGES = (
     # Not the cluster's: `innerloop run`/`intercept` give the local command outbound network with it
     # when present (optional for users); installed here so the tests on this machine exercise it.
     "slirp4netns",
+    # The OCI registry beside the cluster (distribution 2.8), and skopeo to push to it.
+    "docker-registry",
+    "skopeo",
+    # Real builders that run RUN steps, rootless or as root, and what they need.
+    "buildah",
+    "podman",
+    "crun",
+    "fuse-overlayfs",
+    "uidmap",
 )
+
+# Debian packages whose maintainer scripts enable a service of their own: installing them for the
+# cluster must not leave a daemon running or starting at boot (docker-registry would listen on :5000).
+PACKAGE_SERVICES = {"docker-registry": "docker-registry"}
+
+# Debian's switch that tells maintainer scripts (invoke-rc.d, deb-systemd-invoke) not to start
+# services; exit status 101 means "action forbidden".
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 # Places outside the state directory that containerd, CNI and the kubelet
 # write to whatever their configuration says. `prepare` records what each held
@@ -73,10 +92,40 @@ def ensure_packages(report: Report) -> None:
         return
     report(f"installing Debian packages: {' '.join(missing)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if out.returncode != 0:
-            raise StepFailed(f"`{' '.join(cmd)}` failed:\n{out.stderr.strip()[-2000:]}")
+    with services_not_started():
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            if out.returncode != 0:
+                raise StepFailed(f"`{' '.join(cmd)}` failed:\n{out.stderr.strip()[-2000:]}")
+    for pkg in missing:
+        if pkg in PACKAGE_SERVICES:
+            _disable_service(PACKAGE_SERVICES[pkg])
+
+
+@contextmanager
+def services_not_started(policy: Path = POLICY_RC_D) -> Iterator[None]:
+    """While installing, forbid maintainer scripts to start services, unless the admin has a policy already.
+
+    The cluster runs its own daemons by pid; a package's own daemon started by ``apt-get install``
+    would outlive ``down`` (and hold the port it defaults to).
+    """
+    if policy.exists():
+        yield
+        return
+    policy.write_text("#!/bin/sh\n# innerloop cluster up is installing packages: no service starts\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
+
+
+def _disable_service(name: str) -> None:
+    """Keep a service a package enabled from starting at boot (and stop it if it runs under systemd)."""
+    if Path("/run/systemd/system").is_dir():
+        subprocess.run(["systemctl", "disable", "--now", f"{name}.service"], capture_output=True, check=False)
+    elif Path(f"/etc/init.d/{name}").exists():
+        subprocess.run(["update-rc.d", name, "disable"], capture_output=True, check=False)
 
 
 def strip_our_chains(iptables_save: str) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from innerloop.cluster import components, coredns
+from innerloop.cluster import components, coredns, registry
 from innerloop.cluster.build import BinaryBuilder
 from innerloop.cluster.daemons import Daemons
 from innerloop.cluster.host import Host, ensure_packages
@@ -43,6 +43,7 @@ ALL_DAEMONS = (
     "containerd",
     "kubelet",
     "kube-proxy",
+    registry.NAME,
 )
 
 
@@ -70,9 +71,18 @@ class ClusterInfo:
     kubeconfig: Path
     kubectl: Path
     images: dict[str, str]
+    # The bundled OCI registry, host:port (plain HTTP); containerd pulls from it and mirrors docker.io to it.
+    registry: str
 
     def to_json(self) -> str:
-        return json.dumps({"kubeconfig": str(self.kubeconfig), "kubectl": str(self.kubectl), "images": self.images})
+        return json.dumps(
+            {
+                "kubeconfig": str(self.kubeconfig),
+                "kubectl": str(self.kubectl),
+                "images": self.images,
+                "registry": self.registry,
+            }
+        )
 
 
 def published_name(tag: str) -> str:
@@ -129,17 +139,22 @@ class BundledCluster:
         self._start(components.controller_manager(spec), ready=None, deadline=deadline)
         self._start(components.scheduler(spec), ready=None, deadline=deadline)
         self._start(components.containerd(spec), ready=self._containerd_ready, deadline=deadline)
+        self._start(registry.component(spec), ready=lambda: registry.is_ready(spec.registry), deadline=deadline)
         self._import_images(images)
+        self.push_to_registry(
+            {name: images[key].archive for key, name in registry.PUBLISHED.items()}, address=spec.registry
+        )
         self._start(components.kubelet(spec), ready=None, deadline=deadline)
         self._start(components.kube_proxy(spec), ready=None, deadline=deadline)
         self._wait("node Ready", lambda: self._node_ready(node), deadline, watch=("kubelet",))
-        self._apply(coredns.manifests(images["coredns"].tag))
+        self._apply(coredns.manifests(images["coredns"].tag) + "---\n" + registry.local_registry_hosting(spec.registry))
         self._wait("default service account", self._default_sa_ready, deadline, watch=("kube-controller-manager",))
         self._wait("CoreDNS rolled out", self._coredns_ready, deadline, watch=("kubelet",))
         info = ClusterInfo(
             kubeconfig=self.paths.kubeconfig,
             kubectl=self.kubectl_path,
             images={name: img.tag for name, img in images.items()},
+            registry=spec.registry,
         )
         self._info_file.write_text(info.to_json())
         self._report(f"cluster ready in {time.monotonic() - started:.1f}s; kubeconfig: {self.paths.kubeconfig}")
@@ -162,6 +177,11 @@ class BundledCluster:
         _write_if_changed(p.config / "cni" / "10-innerloop.conflist", components.cni_conflist(spec))
         _write_if_changed(p.config / "kubelet.yaml", components.kubelet_config(spec))
         _write_if_changed(p.config / "kube-proxy.yaml", components.kube_proxy_config(spec))
+        _write_if_changed(registry.config_path(spec), registry.bundled_config(spec))
+        p.registry_storage.mkdir(parents=True, exist_ok=True)
+        for host, text in registry.containerd_hosts(spec.registry, mirror_docker_hub=True).items():
+            (p.certs_d / host).mkdir(parents=True, exist_ok=True)
+            _write_if_changed(p.certs_d / host / "hosts.toml", text)
 
     def _start(self, component: components.Component, *, ready: Callable[[], bool] | None, deadline: float) -> None:
         if self.daemons.running(component.name) is not None:
@@ -255,6 +275,19 @@ class BundledCluster:
             check=False,
         )
 
+    def push_to_registry(self, images: dict[str, Path], *, address: str | None = None) -> list[str]:
+        """Push docker-save archives to the bundled registry, ``{"library/python:3.11-slim": tar}``.
+
+        What the registry already holds (same name, same config digest) is skipped; returns the
+        references pushed. ``address`` defaults to the running cluster's registry.
+        """
+        if address is None:
+            info = self.info()
+            if info is None:
+                raise StepFailed("the bundled cluster is not running; start it with `innerloop cluster up`")
+            address = info.registry
+        return registry.push_missing(address, images, report=self._report)
+
     def import_image(self, archive: Path) -> None:
         """Import one image archive (for example an app image) into the node."""
         out = self.ctr("images", "import", str(archive))
@@ -289,7 +322,8 @@ class BundledCluster:
         killed = self.host.kill_workloads()
         if killed:
             self._report(f"killed {killed} pod processes and shims")
-        for name in ("containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
+        stopping = (registry.NAME, "containerd", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+        for name in stopping:
             if self.daemons.stop(name):
                 self._report(f"{name}: stopped")
         self.host.kill_workloads()  # anything containerd started while stopping
@@ -313,7 +347,12 @@ class BundledCluster:
         if not self._info_file.exists() or any(pid is None for pid in self.status().values()):
             return None
         doc = json.loads(self._info_file.read_text())
-        return ClusterInfo(kubeconfig=Path(doc["kubeconfig"]), kubectl=Path(doc["kubectl"]), images=doc["images"])
+        return ClusterInfo(
+            kubeconfig=Path(doc["kubeconfig"]),
+            kubectl=Path(doc["kubectl"]),
+            images=doc["images"],
+            registry=doc.get("registry", ""),
+        )
 
 
 def _http_get(url: str) -> bytes | None:

@@ -4,8 +4,9 @@ Two roots with different lifetimes:
 
 - the *cache* (``INNERLOOP_CACHE``, default ``/var/cache/innerloop``) holds what
   is expensive and keyed by version: Go module and build caches, compiled
-  binaries, image archives. It survives ``down`` and lives outside any clone, so
-  a fresh clone on a warm machine starts in seconds.
+  binaries, image archives, the bundled registry's storage. It survives ``down``
+  and lives outside any clone, so a fresh clone on a warm machine starts in
+  seconds.
 - the *state* (``INNERLOOP_CLUSTER_STATE``, default ``/var/lib/innerloop-cluster``)
   holds one running cluster: certificates, etcd data, containerd and kubelet
   roots, pid files, logs, kubeconfig. ``down`` deletes it entirely.
@@ -46,6 +47,11 @@ class ClusterPaths:
     def images(self) -> Path:
         return self.cache / "images"
 
+    @property
+    def registry_storage(self) -> Path:
+        """The bundled registry's blobs and repositories (content-addressed, so safe to keep)."""
+        return self.cache / "registry"
+
     # state
     @property
     def pki(self) -> Path:
@@ -79,6 +85,11 @@ class ClusterPaths:
     @property
     def config(self) -> Path:
         return self.state / "config"
+
+    @property
+    def certs_d(self) -> Path:
+        """containerd's per-registry ``hosts.toml`` files (its CRI ``config_path``)."""
+        return self.config / "certs.d"
 
     @property
     def kubeconfig(self) -> Path:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
+import bcrypt
 import pytest
 
 from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.progress import stderr_report
+from innerloop.cluster.registry import LocalRegistry, containerd_hosts
 
 from .kube import Kube
 
@@ -54,3 +58,47 @@ def innerloop_cli() -> list[str]:
 
 def run_cli(cli: list[str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def registry(bundled_cluster: BundledCluster) -> str:
+    """The bundled cluster's open registry, ``host:port`` (plain HTTP; containerd pulls from it)."""
+    info = bundled_cluster.info()
+    assert info is not None and info.registry, "the bundled cluster runs no registry: `innerloop cluster up`"
+    return info.registry
+
+
+class RegistryLogin(NamedTuple):
+    address: str
+    user: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def auth_registry(
+    bundled_cluster: BundledCluster, registry: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistryLogin]:
+    """A second registry, behind htpasswd (bcrypt) auth, run by pid on the node's address and a free port.
+
+    The bundled containerd trusts it (a hosts.toml written for this session), so pods pull from it
+    with an imagePullSecret. Stopped, and its hosts.toml removed, at the end of the session.
+    """
+    node_ip = registry.rpartition(":")[0]
+    with socket.socket() as s:
+        s.bind((node_ip, 0))
+        address = f"{node_ip}:{s.getsockname()[1]}"
+    user, password = "innerloop-test", secrets.token_urlsafe(12)
+    entry = f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+    server = LocalRegistry(address=address, root=tmp_path_factory.mktemp("auth-registry"), htpasswd=entry)
+    hosts = bundled_cluster.paths.certs_d / address
+    server.start()
+    try:
+        server.wait_ready()
+        hosts.mkdir(parents=True, exist_ok=True)
+        (hosts / "hosts.toml").write_text(containerd_hosts(address, mirror_docker_hub=False)[address])
+        yield RegistryLogin(address=address, user=user, password=password)
+    finally:
+        server.stop()
+        if hosts.exists():
+            (hosts / "hosts.toml").unlink(missing_ok=True)
+            hosts.rmdir()

@@ -139,8 +139,10 @@ class BundledCluster:
         self._start(components.controller_manager(spec), ready=None, deadline=deadline)
         self._start(components.scheduler(spec), ready=None, deadline=deadline)
         self._start(components.containerd(spec), ready=self._containerd_ready, deadline=deadline)
-        self._start(registry.component(spec), ready=lambda: registry.is_ready(spec.registry), deadline=deadline)
+        # The registry starts while containerd imports (about 0.3 s to answer); the push waits for it.
+        self._start(registry.component(spec), ready=None, deadline=deadline)
         self._import_images(images)
+        self._wait("registry ready", lambda: registry.is_ready(spec.registry), deadline, watch=(registry.NAME,))
         self.push_to_registry(
             {name: images[key].archive for key, name in registry.PUBLISHED.items()}, address=spec.registry
         )

@@ -8,6 +8,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint unit e2e cluster-up cluster-down
 
+# Builders (buildah, podman, skopeo) on this machine pull public bases (python:3.11-slim, ...) from the
+# bundled cluster's registry and keep their layers in innerloop's cache; `innerloop cluster up` writes both.
+CLUSTER_STATE := $(or $(INNERLOOP_CLUSTER_STATE),/var/lib/innerloop-cluster)
+export CONTAINERS_REGISTRIES_CONF ?= $(CLUSTER_STATE)/config/containers/registries.conf
+export CONTAINERS_STORAGE_CONF ?= $(CLUSTER_STATE)/config/containers/storage.conf
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'

@@ -50,6 +50,8 @@ DEBIAN_PACKAGES = (
     "crun",
     "fuse-overlayfs",
     "uidmap",
+    # The base images that look like public ones (python:3.11-slim, node, golang, distroless).
+    "debootstrap",
 )
 
 # Debian packages whose maintainer scripts enable a service of their own: installing them for the

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from innerloop.cluster import components, coredns, registry
+from innerloop.cluster.base_images import base_images
 from innerloop.cluster.build import BinaryBuilder
 from innerloop.cluster.daemons import Daemons
 from innerloop.cluster.host import Host, ensure_packages
@@ -143,9 +144,10 @@ class BundledCluster:
         self._start(registry.component(spec), ready=None, deadline=deadline)
         self._import_images(images)
         self._wait("registry ready", lambda: registry.is_ready(spec.registry), deadline, watch=(registry.NAME,))
-        self.push_to_registry(
-            {name: images[key].archive for key, name in registry.PUBLISHED.items()}, address=spec.registry
-        )
+        published = {name: images[key].archive for key, name in registry.PUBLISHED.items()}
+        # Bases that look like public ones (python:3.11-slim, node, golang, distroless) for real Dockerfiles.
+        published.update({name: image.archive for name, image in base_images(self.paths, self._report).items()})
+        self.push_to_registry(published, address=spec.registry)
         self._start(components.kubelet(spec), ready=None, deadline=deadline)
         self._start(components.kube_proxy(spec), ready=None, deadline=deadline)
         self._wait("node Ready", lambda: self._node_ready(node), deadline, watch=("kubelet",))
@@ -184,6 +186,10 @@ class BundledCluster:
         for host, text in registry.containerd_hosts(spec.registry, mirror_docker_hub=True).items():
             (p.certs_d / host).mkdir(parents=True, exist_ok=True)
             _write_if_changed(p.certs_d / host / "hosts.toml", text)
+        p.containers_config.mkdir(parents=True, exist_ok=True)
+        _write_if_changed(p.containers_config / "registries.conf", registry.containers_registries_conf(spec.registry))
+        storage = registry.containers_storage_conf(graphroot=p.containers_storage, runroot=p.run / "containers")
+        _write_if_changed(p.containers_config / "storage.conf", storage)
 
     def _start(self, component: components.Component, *, ready: Callable[[], bool] | None, deadline: float) -> None:
         if self.daemons.running(component.name) is not None:

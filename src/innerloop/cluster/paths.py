@@ -87,6 +87,16 @@ class ClusterPaths:
         return self.state / "config"
 
     @property
+    def containers_config(self) -> Path:
+        """registries.conf and storage.conf for builders (buildah, podman, skopeo) on this machine."""
+        return self.config / "containers"
+
+    @property
+    def containers_storage(self) -> Path:
+        """Builders' image storage: a cache, kept by `down` like the images."""
+        return self.cache / "containers" / "storage"
+
+    @property
     def certs_d(self) -> Path:
         """containerd's per-registry ``hosts.toml`` files (its CRI ``config_path``)."""
         return self.config / "certs.d"

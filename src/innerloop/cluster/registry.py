@@ -108,6 +108,43 @@ def containerd_hosts(address: str, *, mirror_docker_hub: bool) -> dict[str, str]
     return files
 
 
+def containers_registries_conf(address: str) -> str:
+    """registries.conf(5) for buildah, podman and skopeo on this machine: Docker Hub and distroless from here.
+
+    There is no public registry to pull ``FROM python:3.11-slim`` from, so
+    the names a real Dockerfile writes resolve to what the bundled registry
+    holds (``library/...``, ``distroless/...``), over plain HTTP.
+    """
+    return f"""# Written by `innerloop cluster up`: builders on this machine pull public bases from {address}.
+unqualified-search-registries = ["{DOCKER_HUB}"]
+short-name-mode = "permissive"
+
+[[registry]]
+prefix = "{DOCKER_HUB}"
+location = "{address}"
+insecure = true
+
+[[registry]]
+prefix = "gcr.io/distroless"
+location = "{address}/distroless"
+insecure = true
+
+[[registry]]
+location = "{address}"
+insecure = true
+"""
+
+
+def containers_storage_conf(*, graphroot: Path, runroot: Path) -> str:
+    """storage.conf(5) that keeps builders' layers in innerloop's cache, not in /var/lib/containers."""
+    return f"""# Written by `innerloop cluster up`: builders' storage for this machine's tests and demo.
+[storage]
+driver = "vfs"
+graphroot = "{graphroot}"
+runroot = "{runroot}"
+"""
+
+
 def local_registry_hosting(address: str) -> str:
     """The KEP-1755 ConfigMap that tells tools where to push and what the cluster pulls."""
     hosting = {

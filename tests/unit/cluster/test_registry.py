@@ -203,3 +203,18 @@ class TestPackages:
         with services_not_started(policy):
             pass
         assert policy.read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_builders_resolve_public_names_to_the_bundled_registry() -> None:
+    conf = tomllib.loads(registry.containers_registries_conf("192.0.2.2:5001"))
+    assert conf["unqualified-search-registries"] == ["docker.io"]
+    assert conf["short-name-mode"] == "permissive"
+    by_prefix = {r.get("prefix", r["location"]): r for r in conf["registry"]}
+    assert by_prefix["docker.io"] == {"prefix": "docker.io", "location": "192.0.2.2:5001", "insecure": True}
+    assert by_prefix["gcr.io/distroless"]["location"] == "192.0.2.2:5001/distroless"
+    assert by_prefix["192.0.2.2:5001"]["insecure"] is True
+
+
+def test_builders_storage_stays_in_the_cache(tmp_path: Path) -> None:
+    conf = tomllib.loads(registry.containers_storage_conf(graphroot=tmp_path / "g", runroot=tmp_path / "r"))
+    assert conf["storage"] == {"driver": "vfs", "graphroot": str(tmp_path / "g"), "runroot": str(tmp_path / "r")}

@@ -61,19 +61,26 @@ PUBLISHED = {
 # ---- pure rendering -----------------------------------------------------
 
 
-def registry_config(*, addr: str, storage: Path, htpasswd: Path | None = None, realm: str = "innerloop") -> str:
+def registry_config(
+    *, addr: str, storage: Path, htpasswd: Path | None = None, realm: str = "innerloop", read_only: bool = False
+) -> str:
     """A distribution 2.8 ``config.yml``: plain HTTP on ``addr``, filesystem storage, optional htpasswd auth.
+
+    ``read_only`` is distribution's maintenance mode: pulls work, every push is refused.
 
     htpasswd entries must be bcrypt (``$2y$``/``$2b$``), the only scheme distribution accepts.
     """
+    stored: dict[str, object] = {
+        "filesystem": {"rootdirectory": str(storage)},
+        "cache": {"blobdescriptor": "inmemory"},
+    }
+    if read_only:
+        stored["maintenance"] = {"readonly": {"enabled": True}}
     doc: dict[str, object] = {
         "version": "0.1",
         # Access logs and per-request info would fill the log with every blob HEAD of every push.
         "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {
-            "filesystem": {"rootdirectory": str(storage)},
-            "cache": {"blobdescriptor": "inmemory"},
-        },
+        "storage": stored,
         "http": {"addr": addr, "headers": {"X-Content-Type-Options": ["nosniff"]}},
     }
     if htpasswd is not None:
@@ -263,11 +270,20 @@ class LocalRegistry:
     ``wait_ready``; ``stop`` kills it. ``htpasswd`` is the text of an htpasswd file (bcrypt).
     """
 
-    def __init__(self, *, address: str, root: Path, htpasswd: str | None = None, realm: str = "innerloop") -> None:
+    def __init__(
+        self,
+        *,
+        address: str,
+        root: Path,
+        htpasswd: str | None = None,
+        realm: str = "innerloop",
+        read_only: bool = False,
+    ) -> None:
         self.address = address
         self.root = root
         self._htpasswd = htpasswd
         self._realm = realm
+        self._read_only = read_only
         self._daemons = Daemons(run_dir=root / "run", log_dir=root / "logs")
 
     @property
@@ -283,7 +299,13 @@ class LocalRegistry:
             htpasswd_file.write_text(self._htpasswd)
         config = self.root / "config.yml"
         config.write_text(
-            registry_config(addr=self.address, storage=self.root / "storage", htpasswd=htpasswd_file, realm=self._realm)
+            registry_config(
+                addr=self.address,
+                storage=self.root / "storage",
+                htpasswd=htpasswd_file,
+                realm=self._realm,
+                read_only=self._read_only,
+            )
         )
         return self._daemons.start(Component(name=NAME, argv=[BINARY, "serve", str(config)]))
 

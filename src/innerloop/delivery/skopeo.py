@@ -73,7 +73,7 @@ def fatal_message(stderr: str) -> str:
     """skopeo's error without the logging frame: the last ``level=fatal msg=...``, else the last line."""
     found: list[str] = _FATAL.findall(stderr)
     if found:
-        return found[-1].replace('\\"', '"')
+        return found[-1].replace('\\"', '"').removesuffix("\\n").strip()
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
 
@@ -94,6 +94,11 @@ def explain_failure(stderr: str, *, host: str, ref: str, action: str = "pushing"
         )
     if "denied" in text or "forbidden" in text or "403" in text:
         return f"registry {host} refused {action} {ref}: {detail}. Check that your account may push there"
+    if "405" in text or "method not allowed" in text or "read-only" in text or "readonly" in text:
+        return (
+            f"registry {host} refused {action} {ref}: it takes no pushes (read-only, a mirror or under maintenance). "
+            "Name a registry you may push to with --default-repo or `registry:` in innerloop.yaml"
+        )
     if "server gave http response to https client" in text:
         return (
             f"registry {host} speaks plain HTTP, not HTTPS: set `registry: {{insecure: true}}` in innerloop.yaml, "

@@ -218,3 +218,10 @@ def test_builders_resolve_public_names_to_the_bundled_registry() -> None:
 def test_builders_storage_stays_in_the_cache(tmp_path: Path) -> None:
     conf = tomllib.loads(registry.containers_storage_conf(graphroot=tmp_path / "g", runroot=tmp_path / "r"))
     assert conf["storage"] == {"driver": "vfs", "graphroot": str(tmp_path / "g"), "runroot": str(tmp_path / "r")}
+
+
+def test_a_read_only_registry_is_in_maintenance_mode(tmp_path: Path) -> None:
+    doc = yaml.safe_load(registry.registry_config(addr="127.0.0.1:1", storage=tmp_path, read_only=True))
+    assert doc["storage"]["maintenance"] == {"readonly": {"enabled": True}}
+    writable = yaml.safe_load(registry.registry_config(addr="127.0.0.1:1", storage=tmp_path))
+    assert "maintenance" not in writable["storage"]

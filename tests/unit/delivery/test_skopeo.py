@@ -94,6 +94,11 @@ REFUSED = (
     'dial tcp 127.0.0.1:1: connect: connection refused"'
 )
 DENIED = 'time="t" level=fatal msg="writing manifest: denied: requested access to the resource is denied"'
+# distribution in maintenance mode (read-only), as skopeo 1.9 prints it: with a literal \n at the end.
+READ_ONLY = (
+    'time="t" level=fatal msg="writing blob: initiating layer upload to /v2/team/api/blobs/uploads/ in r:5: '
+    'StatusCode: 405, Method not allowed\\n"'
+)
 UNKNOWN = (
     'time="t" level=fatal msg="Error parsing image name \\"docker://r/x/nope:1\\": reading manifest 1 in r/x/nope: '
     'manifest unknown: manifest unknown"'
@@ -109,6 +114,7 @@ def test_fatal_message_unwraps_logrus() -> None:
         'Get "https://127.0.0.1:5978/v2/": http: server gave HTTP response to HTTPS client'
     )
     assert fatal_message("plain failure\n\n") == "plain failure"
+    assert fatal_message(READ_ONLY).endswith("StatusCode: 405, Method not allowed")
 
 
 @pytest.mark.parametrize(
@@ -123,6 +129,7 @@ def test_fatal_message_unwraps_logrus() -> None:
         (NO_HOST, "cannot reach registry r:5 ("),
         (REFUSED, "cannot reach registry r:5 ("),
         (DENIED, "registry r:5 refused pushing r:5/api:1: writing manifest: denied"),
+        (READ_ONLY, "registry r:5 refused pushing r:5/api:1: it takes no pushes (read-only, a mirror"),
         (CERT, "registry r:5's TLS certificate is not trusted (x509: certificate signed by unknown authority)"),
         ("something odd", "pushing r:5/api:1 failed: something odd"),
     ],

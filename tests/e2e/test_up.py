@@ -20,7 +20,8 @@ STEP = "import pathlib; pathlib.Path('/app/step-ran.txt').write_text(pathlib.Pat
 
 @pytest.fixture
 def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Up]:
-    app, ports = copy_bookshop(tmp_path / "bookshop")
+    # The Python services only: the five-service chain is tests/e2e/test_example_app.py's.
+    app, ports = copy_bookshop(tmp_path / "bookshop", only=["backend", "api", "frontend"])
     # An onChange step, as a project would reinstall dependencies when requirements.txt changes.
     config = yaml.safe_load((app / "innerloop.yaml").read_text())
     config["services"]["backend"]["onChange"] = [

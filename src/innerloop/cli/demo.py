@@ -25,8 +25,8 @@ def demo(namespace: str, port: int, check: bool) -> None:
     try:
         cluster.up()
         app = example_dir()
-        stderr_report("building the example images (daemonless)")
-        tags = build_example_images(cluster, app)
+        stderr_report("building the example images")
+        tags = build_example_images(cluster, app, report=stderr_report)
         stderr_report(f"deploying {app} into namespace {namespace} (restricted Pod Security)")
         deploy_example(cluster, app=app, namespace=namespace, tags=tags)
     except StepFailed as err:

@@ -31,30 +31,51 @@ class TestExample:
     def test_the_bookshop_config_parses(self) -> None:
         project = load_config(EXAMPLE / CONFIG_FILE)
         assert project.name == "bookshop"
-        assert list(project.services) == ["backend", "api", "frontend"]
+        assert list(project.services) == ["backend", "reviews", "inventory", "api", "frontend"]
         assert {name: s.depends_on for name, s in project.services.items()} == {
-            "backend": [],
+            "backend": ["reviews"],
+            "reviews": ["inventory"],
+            "inventory": [],
             "api": ["backend"],
             "frontend": ["api"],
         }
         assert {name: [p.local_port for p in s.ports] for name, s in project.services.items()} == {
             "backend": [8082],
+            "reviews": [8083],
+            "inventory": [8084],
             "api": [8081],
             "frontend": [8080],
         }
-        for name, s in project.services.items():
+        for name in ("backend", "api", "frontend"):
+            s = project.services[name]
             assert s.restart == "process"
             assert [(r.local, r.remote, r.exclude) for r in s.sync] == [
                 (f"{name}/", "/app/", ["__pycache__/", "*.pyc", "Dockerfile"])
             ]
+        # Node: the code is synced, the dependency files are not (a change rebuilds); Go: nothing is synced.
+        reviews = project.services["reviews"]
+        assert (reviews.restart, [(r.local, r.remote) for r in reviews.sync]) == (
+            "process",
+            [("reviews/src/", "/app/src/")],
+        )
+        assert project.services["inventory"].sync == []
 
-    @pytest.mark.parametrize("name", ["backend", "api", "frontend"])
-    def test_the_bookshop_config_matches_the_example_files(self, name: str) -> None:
+    @pytest.mark.parametrize(
+        ("name", "entry"),
+        [
+            ("backend", "app.py"),
+            ("api", "app.py"),
+            ("frontend", "app.py"),
+            ("reviews", "src/server.js"),
+            ("inventory", "main.go"),
+        ],
+    )
+    def test_the_bookshop_config_matches_the_example_files(self, name: str, entry: str) -> None:
         service = load_config(EXAMPLE / CONFIG_FILE).services[name]
         assert service.manifests.files == [f"k8s/{name}.yaml"]
         assert service.image is not None
         assert (EXAMPLE / service.image.dockerfile_path).is_file()
-        assert (EXAMPLE / service.sync[0].local / "app.py").is_file()
+        assert (EXAMPLE / service.image.context / entry).is_file()
         docs = list(yaml.safe_load_all((EXAMPLE / service.manifests.files[0]).read_text()))
         [deployment] = [d for d in docs if d["kind"] == "Deployment"]
         [container] = deployment["spec"]["template"]["spec"]["containers"]

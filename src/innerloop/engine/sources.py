@@ -213,7 +213,7 @@ def build_service_image(
         platform=image_config.platform,
         out_dir=paths.images / "apps",
     )
-    builtin = BuiltinBuilder(bases=BaseImages(bundled=base_resolver(paths), cache=paths.images / "bases"))
+    builtin = BuiltinBuilder(bases=BaseImages(bundled=base_resolver(paths), cache=paths.images / "fetched"))
     try:
         image, _choice = build_with_choice(
             image_config.builder,

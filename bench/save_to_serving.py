@@ -1,18 +1,29 @@
-"""Save-to-serving: an edit of the bookshop backend until its HTTP answer changes.
+"""Save-to-serving: an edit of a bookshop service until its HTTP answer changes.
 
-innerloop (`innerloop up`: watcher -> agent through one port-forward -> atomic
-write -> process restart) against the way Tilt and Skaffold sync, in the same
-run on the same cluster: `tar -c | kubectl exec -i POD -- tar -x` into the
-container, then a second exec that kills the app so a shell loop restarts it
-(the equivalent of Tilt's restart_process trigger), served through
-`kubectl port-forward` (reopened at once when the restart breaks it).
+Two services, reported apart, because their restarts differ:
 
-Needs the bundled cluster (`innerloop cluster up`). Run:
+- ``api``: Python's standard library (http.server), built by innerloop's own builder; its
+  restart is one interpreter start. The edit rewrites ``PRICES``; the answer is
+  ``/api/books`` (which also calls backend).
+- ``backend``: Flask served by gunicorn, installed by ``pip install`` in its Dockerfile; its
+  restart is gunicorn's master plus two (sync) workers importing Flask and the app. The edit
+  rewrites ``GREETING``; the answer is ``/books`` (which also calls reviews).
+
+innerloop (`innerloop up` on frontend-less bookshop: watcher -> agent through one port-forward
+-> atomic write -> process restart) against the way Tilt and Skaffold sync, in the same run on
+the same cluster: `tar -c | kubectl exec -i POD -- tar -x` into the container, then a second
+exec that kills the app so a shell loop restarts it (the equivalent of Tilt's restart_process
+trigger), served through `kubectl port-forward` (reopened at once when the restart breaks it).
+The baseline for api runs in the python base plus busybox; the one for backend in backend's own
+image (Debian slim has sh, tar and kill), with the same gunicorn command.
+
+Needs the bundled cluster (`innerloop cluster up`) and, for backend's RUN, the builder
+environment `make` exports (CONTAINERS_REGISTRIES_CONF). Run:
 
     .venv/bin/python bench/save_to_serving.py [--edits 30]
 
-Reports p50/p95 of: file visible in the container, and save-to-serving; and
-the ratio baseline/innerloop. Prints a markdown table and one JSON line.
+Reports p50/p95 of: file visible in the container, and save-to-serving; and the ratio
+baseline/innerloop, per service. Prints a markdown table and one JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,19 +57,44 @@ from innerloop.cluster.node import BundledCluster
 from innerloop.demo import example_dir
 from innerloop.oci.archive import ImageConfig, image_id, write_archive
 
-EDIT_MARK = 'GREETING = "'
+GUNICORN = "gunicorn --bind 0.0.0.0:8080 --workers 2 --worker-tmp-dir /dev/shm app:app"
 
 
-def greeting(port: int) -> str | None:
+@dataclass(frozen=True)
+class Target:
+    """One service under test: which line an edit rewrites, and where its answer shows."""
+
+    service: str
+    line_prefix: str  # the line of app.py an edit replaces
+    path: str  # GET path on the service's port
+
+    def line(self, i: int) -> str:
+        if self.service == "api":
+            return f"PRICES = {{1: {100 + i}.5, 2: 39.5, 3: 45.0}}"
+        return f'GREETING = "edit {i}"'
+
+    def value(self, i: int) -> str:
+        return f"{100 + i}.5" if self.service == "api" else f"edit {i}"
+
+    def read(self, body: dict[str, Any]) -> str:
+        if self.service == "api":
+            return str(body["books"][0]["price"])
+        return str(body["greeting"])
+
+
+TARGETS = (Target("api", "PRICES = {", "/api/books"), Target("backend", 'GREETING = "', "/books"))
+
+
+def answer(port: int, target: Target) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/books", timeout=2) as resp:
-            return str(json.load(resp)["greeting"])
-    except (OSError, ValueError):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{target.path}", timeout=2) as resp:
+            return target.read(json.load(resp))
+    except (OSError, ValueError, KeyError, IndexError):
         return None
 
 
-def set_greeting(source: Path, text: str) -> None:
-    lines = [f'GREETING = "{text}"' if ln.startswith(EDIT_MARK) else ln for ln in source.read_text().splitlines()]
+def edit(source: Path, target: Target, i: int) -> None:
+    lines = [target.line(i) if ln.startswith(target.line_prefix) else ln for ln in source.read_text().splitlines()]
     tmp = source.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, source)  # editors save atomically too
@@ -68,45 +105,55 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
 
 
-async def files_synced(sock: Path) -> int:
+async def files_synced(sock: Path, service: str) -> int:
     connector = aiohttp.UnixConnector(path=str(sock))
     async with aiohttp.ClientSession(connector=connector) as s, s.get("http://innerloop/v1/status") as r:
         data: dict[str, Any] = await r.json()
-    return int(data["services"]["backend"]["files_synced"])
+    return int(data["services"][service]["files_synced"])
 
 
-def innerloop_run(ns: str, edits: int, work: Path) -> tuple[list[float], list[float]]:
-    app, ports = copy_bookshop(work / "bookshop", only=["backend"])
-    port = ports["backend"]
+Timings = tuple[list[float], list[float]]
+
+
+def innerloop_run(ns: str, edits: int, work: Path) -> dict[str, Timings]:
+    """One `up` of api -> backend -> reviews -> inventory; each target edited in turn."""
+    app, ports = copy_bookshop(work / "bookshop", only=["api", "backend", "reviews", "inventory"])
     cli = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "innerloop"
     log_path = work / "up.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen([str(cli), "up", "-n", ns, "--no-color"], cwd=app, stdout=log, stderr=subprocess.STDOUT)
     sock = app / ".innerloop" / "api.sock"
+    results: dict[str, Timings] = {}
     try:
-        deadline = time.monotonic() + 180
-        while not (sock.exists() and "in sync" in log_path.read_text() and greeting(port)):
+        deadline = time.monotonic() + 900  # cold: backend, reviews and inventory are built with RUN
+        while not (
+            sock.exists()
+            and log_path.read_text().count("in sync") >= 3
+            and all(answer(ports[t.service], t) for t in TARGETS)
+        ):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("innerloop up did not start:\n" + log_path.read_text()[-3000:])
             time.sleep(0.2)
-        source = app / "backend" / "app.py"
-        visible: list[float] = []
-        serving: list[float] = []
-        for i in range(edits):
-            before = asyncio.run(files_synced(sock))
-            text = f"innerloop edit {i}"
-            t0 = time.perf_counter()
-            set_greeting(source, text)
-            while asyncio.run(files_synced(sock)) == before:
-                time.sleep(0.001)
-            visible.append(time.perf_counter() - t0)
-            while greeting(port) != text:
-                if time.perf_counter() - t0 > 30:
-                    raise TimeoutError(f"{text!r} not served")
-                time.sleep(0.002)
-            serving.append(time.perf_counter() - t0)
-            time.sleep(0.3)
-        return visible, serving
+        for target in TARGETS:
+            port = ports[target.service]
+            source = app / target.service / "app.py"
+            visible: list[float] = []
+            serving: list[float] = []
+            for i in range(edits):
+                before = asyncio.run(files_synced(sock, target.service))
+                t0 = time.perf_counter()
+                edit(source, target, i)
+                while asyncio.run(files_synced(sock, target.service)) == before:
+                    time.sleep(0.001)
+                visible.append(time.perf_counter() - t0)
+                while answer(port, target) != target.value(i):
+                    if time.perf_counter() - t0 > 30:
+                        raise TimeoutError(f"{target.service}: edit {i} not served")
+                    time.sleep(0.002)
+                serving.append(time.perf_counter() - t0)
+                time.sleep(0.3)
+            results[target.service] = (visible, serving)
+        return results
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -134,78 +181,86 @@ def tar_of(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def baseline_run(
-    kube: Kube, bundled: BundledCluster, ns: str, edits: int, work: Path
-) -> tuple[list[float], list[float]]:
-    tag = baseline_image(bundled)
+def deployed_image(kube: Kube, ns: str, service: str) -> str:
+    deployment = json.loads(kube.run("get", "deployment", service, "-n", ns, "-o", "json").stdout)
+    return str(deployment["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def baseline_run(kube: Kube, bundled: BundledCluster, ns: str, work: Path, *, edits: int, target: Target) -> Timings:
+    if target.service == "backend":
+        # Its own image, which innerloop's run built and left deployed: Flask, gunicorn, sh, tar.
+        image, start = deployed_image(kube, ns, "backend"), GUNICORN
+    else:
+        image, start = baseline_image(bundled), "python3 /app/app.py"
     # restart_process-style: a shell loop runs the app again whenever it is killed.
-    loop = "while true; do python3 /app/app.py & echo $! > /tmp/app.pid; wait; sleep 0.01; done"
+    loop = f"cd /app; while true; do {start} & echo $! > /tmp/app.pid; wait; sleep 0.01; done"
+    name = f"baseline-{target.service}"
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "baseline"},
+        "metadata": {"name": name},
         "spec": {
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532},
             "containers": [
                 {
-                    "name": "backend",
-                    "image": tag,
+                    "name": "app",
+                    "image": image,
                     "imagePullPolicy": "Never",
                     "command": ["/bin/sh", "-c", loop],
+                    "env": [{"name": "PYTHONDONTWRITEBYTECODE", "value": "1"}],
                     "volumeMounts": [{"name": "app", "mountPath": "/app"}],
                 }
             ],
             "volumes": [{"name": "app", "emptyDir": {}}],
         },
     }
-    source = work / "baseline" / "app.py"
+    source = work / name / "app.py"
     source.parent.mkdir()
-    shutil.copy(example_dir() / "backend" / "app.py", source)
+    shutil.copy(example_dir() / target.service / "app.py", source)
     kube.apply(ns, json.dumps(pod))
-    kube.wait_ready(ns, "baseline")
+    kube.wait_ready(ns, name)
 
     def sync_and_restart() -> float:
-        tar = kube.argv("exec", "-i", "-n", ns, "baseline", "--", "tar", "-x", "-C", "/app", "-f", "-")
+        tar = kube.argv("exec", "-i", "-n", ns, name, "--", "tar", "-x", "-C", "/app", "-f", "-")
         subprocess.run(tar, input=tar_of(source), check=True, capture_output=True)
         visible_at = time.perf_counter()
-        kill = kube.argv("exec", "-n", ns, "baseline", "--", "sh", "-c", "kill $(cat /tmp/app.pid)")
+        kill = kube.argv("exec", "-n", ns, name, "--", "sh", "-c", "kill $(cat /tmp/app.pid)")
         subprocess.run(kill, check=False, capture_output=True)
         return visible_at
 
     port = free_port()
 
     def start_forward() -> subprocess.Popen[str]:
-        argv = kube.argv("port-forward", "-n", ns, "pod/baseline", f"{port}:8080")
+        argv = kube.argv("port-forward", "-n", ns, f"pod/{name}", f"{port}:8080")
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
         proc.stdout.readline()  # "Forwarding from ...": listening
         return proc
 
-    def wait_serving(text: str, forward: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    def wait_serving(value: str, forward: subprocess.Popen[str]) -> subprocess.Popen[str]:
         deadline = time.perf_counter() + 60
-        while greeting(port) != text:
+        while answer(port, target) != value:
             if forward.poll() is not None:
                 # kubectl's forward dies when the app restarts under it (Tilt #2099, Skaffold #4518):
                 # reopen it at once, and count the time that costs.
                 forward = start_forward()
             if time.perf_counter() > deadline:
-                raise TimeoutError(f"{text!r} not served")
+                raise TimeoutError(f"{target.service}: {value!r} not served")
             time.sleep(0.002)
         return forward
 
-    set_greeting(source, "baseline start")
+    edit(source, target, 999)
     sync_and_restart()
     forward = start_forward()
     try:
-        forward = wait_serving("baseline start", forward)
+        forward = wait_serving(target.value(999), forward)
         visible: list[float] = []
         serving: list[float] = []
         for i in range(edits):
-            text = f"baseline edit {i}"
             t0 = time.perf_counter()
-            set_greeting(source, text)  # a tool's watcher would notice this now; syncing starts at once
+            edit(source, target, i)  # a tool's watcher would notice this now; syncing starts at once
             visible.append(sync_and_restart() - t0)
-            forward = wait_serving(text, forward)
+            forward = wait_serving(target.value(i), forward)
             serving.append(time.perf_counter() - t0)
             time.sleep(0.3)
         return visible, serving
@@ -228,22 +283,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             ours = innerloop_run(ns, args.edits, work)
-            base = baseline_run(kube, bundled, ns, args.edits, work)
+            base = {t.service: baseline_run(kube, bundled, ns, work, edits=args.edits, target=t) for t in TARGETS}
     finally:
         kube.run("delete", "namespace", ns, "--wait=false", check=False)
-    rows = {
-        "innerloop file visible": ours[0],
-        "innerloop save-to-serving": ours[1],
-        "tar-over-exec file visible": base[0],
-        "tar-over-exec save-to-serving": base[1],
-    }
-    print(f"| {args.edits} edits | p50 ms | p95 ms | mean ms |")
-    print("|---|---|---|---|")
-    for name, values in rows.items():
-        print(f"| {name} | {pct(values, 0.5):.0f} | {pct(values, 0.95):.0f} | {statistics.mean(values) * 1000:.0f} |")
-    ratio = pct(base[1], 0.5) / pct(ours[1], 0.5)
-    print(f"save-to-serving p50 ratio (tar-over-exec / innerloop): {ratio:.1f}x")
-    print(json.dumps({k: {"p50_ms": round(pct(v, 0.5), 1), "p95_ms": round(pct(v, 0.95), 1)} for k, v in rows.items()}))
+    summary: dict[str, dict[str, float]] = {}
+    for target in TARGETS:
+        kind = "Flask + gunicorn" if target.service == "backend" else "Python stdlib"
+        rows = {
+            "innerloop file visible": ours[target.service][0],
+            "innerloop save-to-serving": ours[target.service][1],
+            "tar-over-exec file visible": base[target.service][0],
+            "tar-over-exec save-to-serving": base[target.service][1],
+        }
+        print(f"\n{target.service} ({kind})\n")
+        print(f"| {args.edits} edits | p50 ms | p95 ms | mean ms |")
+        print("|---|---|---|---|")
+        for name, values in rows.items():
+            print(
+                f"| {name} | {pct(values, 0.5):.0f} | {pct(values, 0.95):.0f} | {statistics.mean(values) * 1000:.0f} |"
+            )
+        ratio = pct(rows["tar-over-exec save-to-serving"], 0.5) / pct(rows["innerloop save-to-serving"], 0.5)
+        print(f"save-to-serving p50 ratio (tar-over-exec / innerloop): {ratio:.1f}x")
+        for name, values in rows.items():
+            summary[f"{target.service} {name}"] = {
+                "p50_ms": round(pct(values, 0.5), 1),
+                "p95_ms": round(pct(values, 0.95), 1),
+            }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

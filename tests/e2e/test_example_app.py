@@ -16,6 +16,7 @@ environment resolves to the bundled registry.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -40,12 +41,12 @@ def _deploy(bundled_cluster: BundledCluster, namespace: str) -> None:
 
 
 def _hops(chain: Any) -> dict[str, Any]:
-    """Each service's answer in the chain, by name."""
-    api = chain["via"][0]
-    backend = api["via"][0]
-    reviews = backend["via"][0]
-    inventory = reviews["via"][0]
-    return {"frontend": chain, "api": api, "backend": backend, "reviews": reviews, "inventory": inventory}
+    """Each service's answer in the chain, by name; {} past a hop that could not reach the next
+    (while a service restarts, the one before it answers with an error entry instead)."""
+    hops = {"frontend": chain}
+    for caller, callee in itertools.pairwise(SERVICES):
+        hops[callee] = (hops[caller].get("via") or [{}])[0]
+    return hops
 
 
 def _pod(kube: Kube, namespace: str, app: str) -> dict[str, Any]:

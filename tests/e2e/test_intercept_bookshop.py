@@ -12,7 +12,9 @@ cluster network. A preview URL adds the header for a browser.
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -23,23 +25,24 @@ from .bookshop import copy_bookshop
 from .intercepts import InterceptProcess, leftovers, service_snapshot
 from .kube import Kube, eventually
 
-# The local backend: the example's, greeting changed, and calling a cluster Service by name.
+# The local backend: the example's Flask app, greeting changed, and calling a cluster Service by name.
 LOCAL_BACKEND = """
 import json, os, sys, urllib.request
 sys.path.insert(0, {app!r})
 import app
 app.GREETING = {greeting!r}
-send = app.Handler._send
-def _send(self, status, body):
-    if self.path.startswith("/books"):
-        with urllib.request.urlopen("http://api:8080/healthz", timeout=30) as r:
-            body = dict(body, api_from_laptop=json.load(r), secret=os.environ.get("BACKEND_SECRET_FILE_SEEN"))
-    send(self, status, body)
-app.Handler._send = _send
+books = app.app.view_functions["books"]
+def books_from_laptop():
+    body = books().get_json()
+    with urllib.request.urlopen("http://api:8080/healthz", timeout=30) as r:
+        return dict(body, api_from_laptop=json.load(r), secret=os.environ.get("BACKEND_SECRET_FILE_SEEN"))
+app.app.view_functions["books"] = books_from_laptop
 port = int(os.environ["PORT"])
 print(f"local backend on :{{port}}", flush=True)
-app.ThreadingHTTPServer(("127.0.0.1", port), app.Handler).serve_forever()
+app.app.run(host="127.0.0.1", port=port, threaded=True)
 """
+# Flask on this machine: the interpreter running the tests has it (a developer's virtualenv would).
+PYTHON = sys.executable
 
 
 def _chain(url: str, user: str | None) -> dict[str, object]:
@@ -73,10 +76,11 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
     devs = {
         "alice": InterceptProcess.start(
             cli, "backend", "-n", namespace, "--header", "x-innerloop-user=alice",
-            "--preview", "frontend:8080", "--share", "--", "python3", str(script), state=tmp_path / "alice",
+            "--preview", "frontend:8080", "--share", "--", PYTHON, str(script), state=tmp_path / "alice",
         ),
         "bob": InterceptProcess.start(
-            cli, "backend", "-n", namespace, state=tmp_path / "bob", cwd=project, env={"USER": "bob", "LOGNAME": "bob"}
+            cli, "backend", "-n", namespace, state=tmp_path / "bob", cwd=project,
+            env={"USER": "bob", "LOGNAME": "bob", "PATH": f"{Path(PYTHON).parent}:{os.environ['PATH']}"},
         ),
     }  # fmt: skip
     try:

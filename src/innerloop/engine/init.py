@@ -14,11 +14,15 @@ Guesses are made from the code with a handful of regular expressions (the
 newcomer one edit of a file that says where the guess came from, while
 running unknown code to find its port would cost much more.
 
-The generated images build with innerloop's daemonless builder (no RUN, one
-FROM). Only ``innerloop.local/python:3.11`` and ``innerloop.local/busybox:1.35``
-exist without a registry; a Node app gets a Dockerfile on the public
-``node`` image and a note that this machine cannot build it, a Go app gets a
-Dockerfile that copies a binary built on this machine onto busybox.
+A Python app's image builds with innerloop's daemonless builder (no RUN, on
+``innerloop.local/python:3.11``). A Node or Go app gets the Dockerfile a team
+would write, which a real builder (buildah, podman, docker, chosen
+automatically) builds from public bases: Node ``FROM node:18-slim`` with
+``npm ci --omit=dev``; Go a multi-stage build ``FROM golang:1.19`` onto
+``gcr.io/distroless/static-debian12:nonroot``. Those names resolve through
+the machine's registries.conf (the bundled cluster's registry mirrors them).
+A Go service gets no sync rule: its code is compiled, so a saved ``.go``
+file rebuilds the image and redeploys it.
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ from innerloop.config.model import DNS_LABEL_PATTERN, IMAGE_NAME_PATTERN
 CONFIG_FILE = "innerloop.yaml"
 PYTHON_BASE = "innerloop.local/python:3.11"  # built by the bundled cluster, see engine/sources.py
 BUSYBOX_BASE = "innerloop.local/busybox:1.35"
-NODE_BASE = "node:22-slim"  # public; this machine has no registry to pull it from
+NODE_BASE = "node:18-slim"  # public names: a real builder pulls them (here, through the bundled registry's mirror)
+GO_BASE = "golang:1.19"
+GO_RUNTIME = "gcr.io/distroless/static-debian12:nonroot"
+NODE_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
 NONROOT = "65532:65532"
 WORKDIR = "/app"
 PYTHON_ENTRIES = ("app.py", "main.py", "server.py")
@@ -80,6 +87,7 @@ class Detected:
     workload: str | None = None  # deployment/<name> when the manifests hold several
     container: str | None = None  # when that Deployment has several containers
     excludes: tuple[str, ...] = BASE_EXCLUDES
+    lockfiles: tuple[str, ...] = ()  # copied before the dependency install (package-lock.json, go.sum)
     notes: tuple[str, ...] = ()
 
 
@@ -260,11 +268,13 @@ def _detect_node(files: Mapping[str, str]) -> Detected | None:
     sources += [(p, t) for p, t in files.items() if p.endswith((".js", ".mjs", ".cjs", ".ts")) and p != entry]
     sources = [(p, t) for p, t in sources if not p.startswith("node_modules/")]
     port, source = _guess_port("node", sources, 3000)
+    lockfiles = tuple(p for p in NODE_LOCKFILES if p in files)
     notes = [
-        f"this machine has no Node base image: the Dockerfile starts FROM {NODE_BASE}, which needs a registry "
-        f"to pull from; innerloop can only build on {PYTHON_BASE} or {BUSYBOX_BASE} here",
-        "the builder has no RUN: run `npm ci` here first, node_modules/ is copied into the image",
+        f"the Dockerfile installs the dependencies (FROM {NODE_BASE}, RUN npm ci --omit=dev): a real builder "
+        "builds it (buildah, podman or docker, whichever is installed)",
     ]
+    if not lockfiles:
+        notes.append("no package-lock.json: `npm ci` needs one; run `npm install` once and keep the lock file")
     if command[0] == "npm":
         notes.append("`npm start` writes to $HOME, which the read-only root filesystem refuses: prefer node <file>")
     return Detected(
@@ -274,6 +284,7 @@ def _detect_node(files: Mapping[str, str]) -> Detected | None:
         port=port,
         port_source=source,
         serves_http=any(_SERVER_MARKERS["node"].search(t) for _, t in sources),
+        lockfiles=lockfiles,
         notes=tuple(notes),
     )
 
@@ -296,7 +307,17 @@ def _detect_go(files: Mapping[str, str]) -> Detected | None:
     package = f"./{folder}" if folder else "."
     sources = [(p, t) for p, t in files.items() if p.endswith(".go") and posixpath.dirname(p) == folder]
     port, source = _guess_port("go", sources, 8080)
-    build = f"CGO_ENABLED=0 go build -o app {package}"
+    notes = [
+        f"the Dockerfile is a multi-stage build (FROM {GO_BASE}, go build, then {GO_RUNTIME}): a real builder "
+        "builds it (buildah, podman or docker, whichever is installed)",
+        "no sync for a compiled app: `innerloop up` rebuilds the image and redeploys it when a .go file changes",
+    ]
+    wanted = re.search(r"^go\s+(\d+)\.(\d+)", files["go.mod"], re.MULTILINE)
+    if wanted and (int(wanted.group(1)), int(wanted.group(2))) > (1, 19):
+        notes.append(
+            f"go.mod asks for go {wanted.group(1)}.{wanted.group(2)}; the Dockerfile builds with {GO_BASE}: "
+            "change its FROM when the code needs the newer toolchain"
+        )
     return Detected(
         kind="go",
         entry=package,
@@ -304,11 +325,8 @@ def _detect_go(files: Mapping[str, str]) -> Detected | None:
         port=port,
         port_source=source,
         serves_http=any(_SERVER_MARKERS["go"].search(t) for _, t in sources),
-        notes=(
-            f"this machine has no Go base image (and the builder has no RUN): build the binary here with "
-            f"`{build}` before `innerloop up`; the Dockerfile copies it onto {BUSYBOX_BASE}",
-            f"after `innerloop up` runs, `{build}` again is the edit loop: the new binary is synced and restarted",
-        ),
+        lockfiles=("go.sum",) if "go.sum" in files else (),
+        notes=tuple(notes),
     )
 
 
@@ -392,6 +410,9 @@ def render(detected: Detected, name: str, *, schema: str | None = None) -> dict[
     out = {CONFIG_FILE: _config(detected, name, manifests, schema)}
     if not detected.dockerfile:
         out["Dockerfile"] = dockerfile_text(detected)
+        ignore = dockerignore_text(detected)
+        if ignore is not None:
+            out[".dockerignore"] = ignore
     if not detected.manifests:
         out[manifests[0]] = manifests_text(detected, name)
     return out
@@ -422,12 +443,8 @@ def _config(detected: Detected, name: str, manifests: list[str], schema: str | N
         lines.append(f"    workload: {detected.workload}")
     if detected.container:
         lines.append(f"    container: {detected.container}")
+    lines += sync_lines(detected, "./")
     lines += [
-        "    sync:",
-        "      - local: ./",
-        f"        remote: {detected.workdir.rstrip('/')}/",
-        f"        exclude: {yaml_flow(detected.excludes)}",
-        "    restart: process",
         "    ports:",
         f"      - remote: {detected.port}",
         f"        local: {detected.port}",
@@ -435,28 +452,74 @@ def _config(detected: Detected, name: str, manifests: list[str], schema: str | N
     return "\n".join(lines) + "\n"
 
 
+def sync_lines(detected: Detected, local: str) -> list[str]:
+    """The service's sync rule and restart, as innerloop.yaml lines; none for a compiled (Go) app,
+    whose saved sources must rebuild the image rather than reach the container."""
+    if detected.kind == "go":
+        return ["    # No sync: the code is compiled; a saved .go file rebuilds the image and redeploys it."]
+    return [
+        "    sync:",
+        f"      - local: {local}",
+        f"        remote: {detected.workdir.rstrip('/')}/",
+        f"        exclude: {yaml_flow(detected.excludes)}",
+        "    restart: process",
+    ]
+
+
 def dockerfile_text(detected: Detected) -> str:
-    head = ["# Written by `innerloop init`; built by innerloop without a Docker daemon (no RUN, one FROM)."]
-    if detected.kind == "python":
-        base, copy, env = PYTHON_BASE, f"COPY . {WORKDIR}/", ["ENV PYTHONUNBUFFERED=1"]
-    elif detected.kind == "node":
-        head.append(f"# {NODE_BASE} needs a registry; run `npm ci` first: node_modules/ is copied as it is.")
-        base, copy, env = NODE_BASE, f"COPY . {WORKDIR}/", ["ENV NODE_ENV=development"]
-    else:
-        head.append(f"# Build the binary first: CGO_ENABLED=0 go build -o app {detected.entry}")
-        base, copy, env = BUSYBOX_BASE, f"COPY app {WORKDIR}/app", []
-    lines = [
-        *head,
-        f"FROM {base}",
-        f"WORKDIR {WORKDIR}",
-        copy,
+    tail = [
         f"ENV PORT={detected.port}",
-        *env,
         f"USER {NONROOT}",
         f"EXPOSE {detected.port}",
         f"ENTRYPOINT {json.dumps(list(detected.command))}",
     ]
+    if detected.kind == "node":
+        lock = detected.lockfiles[0] if detected.lockfiles else None
+        lines = [
+            "# Written by `innerloop init`: dependencies first (a cached layer), then the code.",
+            "# It has RUN, so a real builder builds it (buildah, podman or docker).",
+            f"FROM {NODE_BASE}",
+            "ENV NODE_ENV=production",
+            f"WORKDIR {WORKDIR}",
+            f"COPY package.json {lock} ./" if lock else "COPY package.json ./",
+            "RUN npm ci --omit=dev" if lock else "RUN npm install --omit=dev",
+            f"COPY . {WORKDIR}/",
+            *tail,
+        ]
+    elif detected.kind == "go":
+        lines = [
+            "# Written by `innerloop init`: built in the Go toolchain image, run as a static binary on",
+            "# distroless (no shell). Multi-stage, so a real builder builds it (buildah, podman or docker).",
+            f"FROM {GO_BASE} AS build",
+            "WORKDIR /src",
+            f"COPY {' '.join(['go.mod', *detected.lockfiles])} ./",
+            "RUN go mod download",
+            "COPY . .",
+            f"RUN CGO_ENABLED=0 go build -o /out/app {detected.entry}",
+            "",
+            f"FROM {GO_RUNTIME}",
+            f"COPY --from=build /out/app {WORKDIR}/app",
+            *tail,
+        ]
+    else:
+        lines = [
+            "# Written by `innerloop init`; built by innerloop without a Docker daemon (no RUN, one FROM).",
+            f"FROM {PYTHON_BASE}",
+            f"WORKDIR {WORKDIR}",
+            f"COPY . {WORKDIR}/",
+            "ENV PYTHONUNBUFFERED=1",
+            *tail,
+        ]
     return "\n".join(lines) + "\n"
+
+
+def dockerignore_text(detected: Detected) -> str | None:
+    """What the build context leaves out for a Node or Go Dockerfile's ``COPY .`` (None: nothing to write)."""
+    if detected.kind == "node":
+        return "node_modules/\nnpm-debug.log\n.git/\n.innerloop/\n"
+    if detected.kind == "go":
+        return ".git/\n.innerloop/\n"
+    return None
 
 
 def manifests_text(detected: Detected, name: str) -> str:

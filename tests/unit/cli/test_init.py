@@ -74,12 +74,13 @@ def test_a_bad_name_is_refused(tmp_path: Path) -> None:
     assert "DNS-1123" in result.output
 
 
-def test_node_app_prints_the_base_image_note(tmp_path: Path) -> None:
+def test_node_app_prints_the_builder_note_and_writes_a_dockerignore(tmp_path: Path) -> None:
     (tmp_path / "package.json").write_text('{"scripts": {"start": "node index.js"}}')
     (tmp_path / "index.js").write_text("require('http').createServer(h).listen(3000)\n")
     result = CliRunner().invoke(cli, ["init", str(tmp_path), "--name", "web"])
     assert result.exit_code == 0, result.output
-    assert "note: this machine has no Node base image" in result.output
+    assert "note: the Dockerfile installs the dependencies (FROM node:18-slim, RUN npm ci --omit=dev)" in result.output
+    assert "node_modules/" in (tmp_path / ".dockerignore").read_text().splitlines()
     assert load_config(tmp_path / "innerloop.yaml").services["web"].ports[0].remote == 3000
 
 

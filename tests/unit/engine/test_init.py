@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
 from typing import Any
 
 import pytest
 import yaml
+from dockerfile_parse import DockerfileParser
 
 from innerloop.builders.dockerfile import parse as parse_dockerfile
 from innerloop.config import parse_config
 from innerloop.engine.init import (
-    BUSYBOX_BASE,
+    GO_BASE,
+    GO_RUNTIME,
     NODE_BASE,
     PYTHON_BASE,
     Detected,
@@ -154,6 +157,12 @@ class TestPython:
         assert_restricted(files["k8s/shop.yaml"], port=7777)
 
 
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """A Dockerfile as Docker reads it (dockerfile-parse): (instruction, value), comments left out."""
+    parser = DockerfileParser(fileobj=io.BytesIO(text.encode()))
+    return [(i["instruction"], i["value"]) for i in parser.structure if i["instruction"] != "COMMENT"]
+
+
 class TestNode:
     def test_start_script_and_port_default(self) -> None:
         package = {"name": "web", "scripts": {"start": "node server.js"}}
@@ -162,7 +171,8 @@ class TestNode:
         assert found.kind == "node"
         assert found.command == ("node", "server.js")
         assert found.port == 3001 and found.serves_http
-        assert any("no Node base image" in n for n in found.notes)
+        assert any("RUN npm ci --omit=dev): a real builder builds it" in n for n in found.notes)
+        assert any("no package-lock.json" in n for n in found.notes)
 
     def test_main_field_and_default_port(self) -> None:
         found = detect({"package.json": json.dumps({"main": "lib/index.js"}), "lib/index.js": "console.log(1)\n"})
@@ -173,9 +183,32 @@ class TestNode:
     def test_render(self) -> None:
         found = detect({"package.json": json.dumps({"main": "app.js"}), "app.js": "app.listen(4000)\n"})
         files = render(found, "web")
-        assert parse_dockerfile(files["Dockerfile"]).base == NODE_BASE
-        assert parse_config(files["innerloop.yaml"]).services["web"].ports[0].remote == 4000
+        assert _instructions(files["Dockerfile"]) == [
+            ("FROM", NODE_BASE),
+            ("ENV", "NODE_ENV=production"),
+            ("WORKDIR", "/app"),
+            ("COPY", "package.json ./"),
+            ("RUN", "npm install --omit=dev"),  # no lock file: npm ci would refuse
+            ("COPY", ". /app/"),
+            ("ENV", "PORT=4000"),
+            ("USER", "65532:65532"),
+            ("EXPOSE", "4000"),
+            ("ENTRYPOINT", '["node", "app.js"]'),
+        ]
+        assert "node_modules/" in files[".dockerignore"].splitlines()
+        service = parse_config(files["innerloop.yaml"]).services["web"]
+        assert service.ports[0].remote == 4000
+        assert [(r.local, r.remote) for r in service.sync] == [("./", "/app/")]
         assert_restricted(files["k8s/web.yaml"], port=4000)
+
+    def test_a_lock_file_is_installed_with_npm_ci(self) -> None:
+        listing = {"package.json": json.dumps({"main": "app.js"}), "package-lock.json": "{}", "app.js": ""}
+        found = detect(listing)
+        assert found.lockfiles == ("package-lock.json",)
+        assert not any("no package-lock.json" in n for n in found.notes)
+        steps = _instructions(render(found, "web")["Dockerfile"])
+        assert ("COPY", "package.json package-lock.json ./") in steps
+        assert ("RUN", "npm ci --omit=dev") in steps
 
     def test_package_json_without_entry_is_refused(self) -> None:
         with pytest.raises(NotDetected, match="start script"):
@@ -188,21 +221,41 @@ class TestGo:
     def test_main_package_port_and_build_note(self) -> None:
         found = detect({"go.mod": "module example.com/x\n", "main.go": self.MAIN, "util/u.go": "package util\n"})
         assert (found.kind, found.entry, found.port, found.serves_http) == ("go", ".", 9000, True)
-        assert any("CGO_ENABLED=0 go build -o app ." in n for n in found.notes)
+        assert any("multi-stage build (FROM golang:1.19" in n for n in found.notes)
+        assert not any("go.mod asks for" in n for n in found.notes)
 
     def test_main_package_in_cmd(self) -> None:
         found = detect({"go.mod": "module x\n", "cmd/server/main.go": self.MAIN.replace(":9000", ":8088")})
         assert (found.entry, found.port) == ("./cmd/server", 8088)
 
-    def test_render_copies_a_prebuilt_binary(self) -> None:
-        files = render(detect({"go.mod": "module x\n", "main.go": self.MAIN}), "api")
-        recipe = parse_dockerfile(files["Dockerfile"])
-        assert recipe.base == BUSYBOX_BASE
-        assert [(c.sources, c.dest) for c in recipe.copies] == [(("app",), "/app/app")]
-        assert recipe.entrypoint == ["/app/app"]
-        assert "go build -o app" in files["Dockerfile"]
-        parse_config(files["innerloop.yaml"])
+    def test_render_is_a_multi_stage_build_onto_distroless_without_sync(self) -> None:
+        listing = {"go.mod": "module x\n\ngo 1.22\n", "go.sum": "", "cmd/api/main.go": self.MAIN}
+        found = detect(listing)
+        assert any("go.mod asks for go 1.22" in n for n in found.notes)
+        files = render(found, "api")
+        assert _instructions(files["Dockerfile"]) == [
+            ("FROM", f"{GO_BASE} AS build"),
+            ("WORKDIR", "/src"),
+            ("COPY", "go.mod go.sum ./"),
+            ("RUN", "go mod download"),
+            ("COPY", ". ."),
+            ("RUN", "CGO_ENABLED=0 go build -o /out/app ./cmd/api"),
+            ("FROM", GO_RUNTIME),
+            ("COPY", "--from=build /out/app /app/app"),
+            ("ENV", "PORT=9000"),
+            ("USER", "65532:65532"),
+            ("EXPOSE", "9000"),
+            ("ENTRYPOINT", '["/app/app"]'),
+        ]
+        service = parse_config(files["innerloop.yaml"]).services["api"]
+        # Compiled: nothing to sync, so a saved .go file (outside every sync rule) rebuilds the image.
+        assert service.sync == []
+        assert service.image is not None and service.image.context == "."
         assert_restricted(files["k8s/api.yaml"], port=9000)
+
+    def test_without_go_sum_only_go_mod_is_copied_first(self) -> None:
+        steps = _instructions(render(detect({"go.mod": "module x\n", "main.go": self.MAIN}), "api")["Dockerfile"])
+        assert ("COPY", "go.mod ./") in steps
 
     def test_no_main_package(self) -> None:
         with pytest.raises(NotDetected, match="no main package"):

@@ -226,8 +226,8 @@ class TestMonorepo:
     def test_notes_name_the_two_replicas_and_the_base_images(self) -> None:
         notes = plan_repo(MONOREPO, name="shop").notes
         assert any(n.startswith("web: deployment/web runs 2 replicas") for n in notes)
-        assert any(n.startswith("web (web/): this machine has no Node base image") for n in notes)
-        assert any("go build -o app" in n for n in notes)
+        assert any(n.startswith("web (web/): the Dockerfile installs the dependencies (FROM node:") for n in notes)
+        assert any("multi-stage build (FROM golang:1.19" in n for n in notes)
 
     def test_only_the_app_without_manifests_gets_them_and_the_shared_file_is_not_rewritten(self) -> None:
         _, rendered = project_of(MONOREPO)

@@ -114,7 +114,8 @@ class BaseImages:
         key = f"{ref} {platform}"
         flags = self._platform_flags(platform)
         inspect = subprocess.run(
-            [self._skopeo, *flags, "inspect", "--format", "{{.Digest}}", f"docker://{ref}"],
+            # --no-tags: listing tags ignores registries.conf rewrites (skopeo 1.9), and costs a request.
+            [self._skopeo, *flags, "inspect", "--no-tags", "--format", "{{.Digest}}", f"docker://{ref}"],
             capture_output=True,
             text=True,
             check=False,

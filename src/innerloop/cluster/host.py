@@ -52,6 +52,10 @@ DEBIAN_PACKAGES = (
     "uidmap",
     # The base images that look like public ones (python:3.11-slim, node, golang, distroless).
     "debootstrap",
+    # Runs the arm64 agent runtime's interpreter in the tests, named on the command line: nothing is
+    # registered with binfmt_misc (its postinst does that only through binfmt-support, not installed,
+    # and systemd's binfmt trigger only on a host that runs systemd).
+    "qemu-user-static",
 )
 
 # Debian packages whose maintainer scripts enable a service of their own: installing them for the

@@ -730,6 +730,16 @@ class Project(_Model):
         examples=["registry.example.com/mirror/innerloop-agent:0.1.0"],
         json_schema_extra=_not_null,
     )
+    agent_base: ImageReference | None = Field(
+        default=None,
+        alias="agentBase",
+        description="The Python 3.11+ image (glibc, Debian or official-image layout, with a tag or digest) "
+        "whose interpreter and libraries innerloop's agent image is built on, fetched with skopeo for the "
+        "nodes' architectures (amd64, arm64) on any cluster but the bundled one, which uses its own "
+        "(default: gcr.io/distroless/python3-debian12).",
+        examples=["gcr.io/distroless/python3-debian12:nonroot", "registry.example.com/mirror/python:3.12-slim"],
+        json_schema_extra=_not_null,
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

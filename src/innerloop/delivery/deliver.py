@@ -42,6 +42,7 @@ from innerloop.delivery.skopeo import (
     missing_skopeo,
 )
 from innerloop.oci.archive import BuiltImage
+from innerloop.oci.layout import is_layout, read_layout
 
 Report = Callable[[str], None]
 _MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
@@ -158,6 +159,8 @@ class RegistryPush:
         return "sha256:" + hashlib.sha256(out.stdout).hexdigest()
 
     def deliver(self, image: BuiltImage) -> str:
+        if is_layout(image.archive):
+            return self._deliver_index(image)
         push, pull, tag = self.names(image)
         ref = f"{push}:{tag}"
         config_digest = archive_config_digest(image.archive, image.tag)
@@ -184,6 +187,49 @@ class RegistryPush:
         if not digest.startswith("sha256:"):
             raise DeliveryError(f"skopeo pushed {ref} but reported no digest ({digest!r})")
         return f"{pull}@{digest}"
+
+    def _deliver_index(self, image: BuiltImage) -> str:
+        """A multi-architecture image (an OCI layout holding an index): pushed as it is, digests kept.
+
+        Its layers are compressed already, so ``--preserve-digests`` holds and the index's digest
+        is known before pushing: the registry holds it when it answers for ``<name>@<digest>``.
+        """
+        push, pull, tag = self.names(image)
+        layout = read_layout(image.archive)
+        ref = f"{push}:{tag}"
+        inspect = inspect_argv(
+            ref=f"{push}@{layout.digest}", insecure=self.target.insecure, authfile=self._authfile, skopeo=self._skopeo
+        )
+        there = self._run(inspect)
+        if there.returncode == 0:
+            self._report(f"{ref} is in the registry already")
+            return f"{pull}@{layout.digest}"
+        stderr = there.stderr.decode(errors="replace")
+        if not is_missing_manifest(stderr):
+            raise DeliveryError(explain_failure(stderr, host=self.host, ref=ref, action="reading"))
+        self._report(f"pushing {image.tag} (one index: every architecture) to {ref}")
+        with tempfile.TemporaryDirectory(prefix="innerloop-push-") as tmp:
+            digestfile = Path(tmp) / "digest"
+            argv = copy_argv(
+                archive=image.archive,
+                dest=ref,
+                digestfile=digestfile,
+                insecure=self.target.insecure,
+                authfile=self._authfile,
+                skopeo=self._skopeo,
+            )
+            # The same copy, from the layout's one entry, every image of the index, digests unchanged.
+            source = argv.index(f"docker-archive:{image.archive}")
+            argv[source] = f"oci:{image.archive}:{layout.ref}"
+            argv[2:2] = ["--all", "--preserve-digests"]
+            out = self._run(argv)
+            self.copies += 1
+            if out.returncode != 0:
+                raise DeliveryError(explain_failure(out.stderr.decode(errors="replace"), host=self.host, ref=ref))
+            digest = digestfile.read_text().strip()
+        if digest != layout.digest:
+            raise DeliveryError(f"skopeo pushed {ref} as {digest!r}, not as the index {layout.digest}")
+        return f"{pull}@{layout.digest}"
 
 
 class LoaderRun:

@@ -44,6 +44,7 @@ class NodeFacts:
     labels: Mapping[str, str] = field(default_factory=dict)
     provider_id: str = ""
     container_runtime: str = ""  # status.nodeInfo.containerRuntimeVersion, e.g. containerd://1.7.2
+    architecture: str = ""  # status.nodeInfo.architecture (GOARCH): amd64, arm64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -131,7 +132,27 @@ def _node_facts(node: Any) -> NodeFacts:  # noqa: ANN401 (lightkube's Node)
         labels=dict(meta.labels or {}),
         provider_id=(spec.providerID or "") if spec is not None else "",
         container_runtime=(info.containerRuntimeVersion or "") if info is not None else "",
+        architecture=(info.architecture or "") if info is not None else "",
     )
+
+
+def architectures(nodes: Iterable[NodeFacts]) -> tuple[str, ...]:
+    """The nodes' architectures, each once, sorted; nodes that do not say are left out (pure)."""
+    return tuple(sorted({node.architecture for node in nodes if node.architecture}))
+
+
+async def node_architectures(conn: ClusterConnection, *, timeout_s: float = 10.0) -> tuple[tuple[str, ...] | None, str]:
+    """(the nodes' architectures, "") or (None, why they are unknown): a 403 or an unreachable cluster is no error."""
+    client = conn.client()
+    try:
+        async with asyncio.timeout(timeout_s):
+            return architectures([_node_facts(n) async for n in client.list(Node)]), ""
+    except ApiError as err:
+        return None, _refusal(err, "nodes")
+    except (httpx.TransportError, OSError, TimeoutError) as err:
+        return None, f"cannot reach {conn.server}: {str(err) or type(err).__name__}"
+    finally:
+        await client.close()
 
 
 def _refusal(err: ApiError, what: str) -> str:

@@ -25,10 +25,11 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
-from innerloop.builders.agent_image import build_agent_image
-from innerloop.cluster.images import ClusterImages
+from innerloop.builders.agent_image import AgentImageError, AgentPlan, build_agent, machine_architecture, plan_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
+from innerloop.delivery import Method
+from innerloop.delivery.facts import node_architectures
 from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
@@ -126,13 +127,31 @@ class DevLoop:
         if self.project.agent_image is not None:
             self.agent_tag = self.project.agent_image  # pre-mirrored: nothing to build or push
             return
-        paths = self.target.paths
-        agent = build_agent_image(
-            python_archive=ClusterImages(paths=paths, report=self.report).python().archive, out_dir=paths.images
-        )
-        self.agent_tag = (
-            self.target.deliver(agent) if any(s.sync for s in self.project.services.values()) else agent.tag
-        )
+        if not any(s.sync for s in self.project.services.values()):
+            return  # only dev mode runs the agent
+
+        async def choose() -> AgentPlan:
+            # The delivery path is chosen already (deploy asked first); the nodes say their architectures.
+            delivery = await self.target.images(registry=self.project.registry, report=self.report)
+            architectures, unknown = await node_architectures(self.target.conn)
+            return plan_agent(
+                bundled=delivery.method is Method.BUNDLED,
+                registry=delivery.method is Method.REGISTRY,
+                node_architectures=architectures,
+                unknown_reason=unknown,
+                base=self.project.agent_base,
+                host_architecture=machine_architecture(),
+            )
+
+        started = time.monotonic()
+        try:
+            plan = asyncio.run(choose())  # this runs in a worker thread, outside the dev loop's event loop
+            self.report(plan.describe())
+            agent = build_agent(plan, paths=self.target.paths, report=self.report)
+        except AgentImageError as err:
+            raise UpError(str(err)) from None
+        self.agent_tag = self.target.deliver(agent)
+        self.report(f"agent: image {self.agent_tag} ({(time.monotonic() - started) * 1000:.0f} ms)")
 
     def _objects(self) -> dict[str, list[dict[str, Any]]]:
         """Every service's manifests, each object given to the one service that applies it.

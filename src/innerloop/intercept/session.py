@@ -30,9 +30,10 @@ from pathlib import Path
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule
 from innerloop.agent.restore import selector_of
-from innerloop.builders.agent_image import build_agent_image
-from innerloop.cluster.images import ClusterImages
+from innerloop.builders.agent_image import build_agent, machine_architecture, plan_agent
 from innerloop.config.model import Registry
+from innerloop.delivery import Method
+from innerloop.delivery.facts import node_architectures
 from innerloop.engine.target import Target
 from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service, wait_router_ready
 from innerloop.intercept.plan import router_name, router_selector
@@ -87,15 +88,25 @@ def saved_intercepts(namespace: str | None = None) -> list[dict[str, str]]:
     return found
 
 
-async def agent_image(target: Target, report: Report, *, registry: Registry | None, mirrored: str | None) -> str:
-    """The router's image: the pre-mirrored ``agentImage``, else the agent built here and delivered."""
+async def agent_image(
+    target: Target, report: Report, *, registry: Registry | None, mirrored: str | None, base: str | None = None
+) -> str:
+    """The router's image: the pre-mirrored ``agentImage``, else the agent built here (on ``agentBase`` when
+    the cluster is not the bundled one, for the nodes' architectures) and delivered."""
     if mirrored is not None:
         return mirrored
-    await target.images(registry=registry, report=report)
-    paths = target.paths
-    image = build_agent_image(
-        python_archive=ClusterImages(paths=paths, report=report).python().archive, out_dir=paths.images
+    delivery = await target.images(registry=registry, report=report)
+    architectures, unknown = await node_architectures(target.conn)
+    plan = plan_agent(
+        bundled=delivery.method is Method.BUNDLED,
+        registry=delivery.method is Method.REGISTRY,
+        node_architectures=architectures,
+        unknown_reason=unknown,
+        base=base,
+        host_architecture=machine_architecture(),
     )
+    report(plan.describe())
+    image = await asyncio.to_thread(build_agent, plan, paths=target.paths, report=report)
     return await asyncio.to_thread(target.deliver, image)
 
 

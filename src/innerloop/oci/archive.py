@@ -131,14 +131,14 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def image_id(*, layers: Sequence[bytes], config: ImageConfig) -> str:
+def image_id(*, layers: Sequence[bytes], config: ImageConfig, architecture: str = "amd64") -> str:
     """The sha256 of the image config: changes exactly when content or config change."""
-    return sha256(_config_blob(layers=layers, config=config))
+    return sha256(_config_blob(layers=layers, config=config, architecture=architecture))
 
 
-def _config_blob(*, layers: Sequence[bytes], config: ImageConfig) -> bytes:
+def _config_blob(*, layers: Sequence[bytes], config: ImageConfig, architecture: str = "amd64") -> bytes:
     doc = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "created": "1970-01-01T00:00:00Z",
         "config": config.to_json(),
@@ -148,9 +148,11 @@ def _config_blob(*, layers: Sequence[bytes], config: ImageConfig) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_archive(path: Path, *, tag: str, layers: Sequence[bytes], config: ImageConfig) -> str:
-    """Write a docker-save archive of one image to ``path``; returns the image id."""
-    blob = _config_blob(layers=layers, config=config)
+def write_archive(
+    path: Path, *, tag: str, layers: Sequence[bytes], config: ImageConfig, architecture: str = "amd64"
+) -> str:
+    """Write a docker-save archive of one image (for ``architecture``) to ``path``; returns the image id."""
+    blob = _config_blob(layers=layers, config=config, architecture=architecture)
     config_name = f"{sha256(blob)}.json"
     layer_names = [f"{sha256(layer)}/layer.tar" for layer in layers]
     manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": layer_names}]

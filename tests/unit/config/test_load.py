@@ -138,7 +138,7 @@ class TestPositions:
     def test_unknown_top_level_key(self) -> None:
         assert one_line("version: 1\nname: shop\nservices: {a: {manifests: {files: [a]}}}\nnamespaec: x\n") == (
             "innerloop.yaml:4:1: namespaec: unknown key; did you mean namespace? "
-            "(expected one of: version, name, namespace, services, intercepts, registry, agentImage)"
+            "(expected one of: version, name, namespace, services, intercepts, registry, agentImage, agentBase)"
         )
 
     def test_missing_field_points_at_the_mapping_that_lacks_it(self) -> None:
@@ -358,7 +358,7 @@ class TestWholeFile:
         assert one_line("") == (
             "innerloop.yaml:1:1: the file is empty "
             "(expected: a mapping (required: version, name, services; "
-            "optional: namespace, intercepts, registry, agentImage))"
+            "optional: namespace, intercepts, registry, agentImage, agentBase))"
         )
 
     def test_a_list_instead_of_a_mapping(self) -> None:

@@ -66,7 +66,7 @@ AGENT_PACKAGES = ("protocol", "agent")
 DEFAULT_AGENT_BASE = "gcr.io/distroless/python3-debian12"
 MIN_PYTHON = (3, 11)  # the agent uses asyncio.TaskGroup and asyncio.timeout
 # Bump when what the runtime layer holds or where changes: cached runtimes are rebuilt.
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +94,6 @@ _STDLIB_SKIP = (
     "pydoc_data/",
     "turtledemo/",
     "unittest/test/",
-    "__pycache__/",
     "site-packages/",
     "dist-packages/",
 )
@@ -226,6 +225,9 @@ def remap(name: str, *, arch: Arch, python: PythonLayout) -> str | None:
             return None
         if any(rest.startswith(s) or f"/{s}" in rest for s in _STDLIB_SKIP):
             return None
+        # The base's own bytecode for this interpreter (kept only if hash-based: see _usable_bytecode).
+        if "__pycache__/" in rest and not rest.endswith(f".cpython-{python.version.replace('.', '')}.pyc"):
+            return None
         return f"{IMAGE_ROOT}/lib/python{python.version}/{rest}"
     return None
 
@@ -349,7 +351,14 @@ def runtime_entries_from(files: Mapping[str, _Member], *, arch: Arch, what: str)
             entries[target] = FileEntry(path=target, data=chosen.data, mode=chosen.mode)
     link = f"{IMAGE_ROOT}/lib/{LOADER}"
     entries[link] = FileEntry.symlink(link, arch.loader)
-    return list(entries.values()), python.version
+    return [e for e in entries.values() if _usable_bytecode(e)], python.version
+
+
+def _usable_bytecode(entry: FileEntry) -> bool:
+    """Anything but a .pyc a read-only layer with mtime 0 cannot serve: only unchecked-hash ones (PEP 552) stay."""
+    if not entry.path.endswith(".pyc") or entry.kind != "file":
+        return True
+    return len(entry.data) >= 16 and int.from_bytes(entry.data[4:8], "little") == 1
 
 
 def runtime_entries(
@@ -387,8 +396,19 @@ def _with_parents(entries: list[FileEntry]) -> list[FileEntry]:
 
 
 def _compiled(entries: list[FileEntry], version: str) -> list[FileEntry]:
-    """With unchecked-hash .pyc files when this Python writes that version's bytecode, else as they are."""
-    return with_bytecode(entries) if version == f"{sys.version_info.major}.{sys.version_info.minor}" else entries
+    """With an unchecked-hash .pyc for each .py the base has none for, when this Python writes that
+    version's bytecode (else as they are: the interpreter compiles in memory)."""
+    if version != f"{sys.version_info.major}.{sys.version_info.minor}":
+        return entries
+    tag = f"cpython-{version.replace('.', '')}"
+    have = {e.path for e in entries if e.path.endswith(f".{tag}.pyc")}
+
+    def missing(entry: FileEntry) -> bool:
+        path = PurePosixPath(entry.path)
+        return str(path.parent / "__pycache__" / f"{path.stem}.{tag}.pyc") not in have
+
+    lacking = [e for e in entries if e.kind == "file" and e.path.endswith(".py") and missing(e)]
+    return [*entries, *(c for c in with_bytecode(lacking) if c.path.endswith(".pyc"))]
 
 
 def _source_key(python_archive: Path, arch: str, sources: list[FileEntry]) -> str:
@@ -449,7 +469,7 @@ def index_image(images: Sequence[BuiltImage], *, out_dir: Path) -> BuiltImage:
     key = hashlib.sha256(" ".join(sorted(i.tag for i in images)).encode()).hexdigest()[:12]
     layout = out_dir / f"agent-index-{key}"
     if not (layout / "index.json").exists():
-        write_index_layout(layout, ref=key, archives=[i.archive for i in images])
+        write_index_layout(layout, ref=key, archives=[i.archive for i in images], gzip_cache=out_dir / "gzip")
     return BuiltImage(tag=f"innerloop.local/innerloop-agent:{key}", archive=layout)
 
 

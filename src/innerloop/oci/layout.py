@@ -87,7 +87,20 @@ def platform_of(config_blob: bytes) -> Platform:
     return Platform(architecture=str(doc["architecture"]), os=str(doc["os"]), variant=str(doc.get("variant", "")))
 
 
-def index_blobs(archives: Sequence[Path]) -> tuple[bytes, dict[str, bytes]]:
+def _gzip(layer: bytes, cache: Path | None) -> bytes:
+    """The layer gzip-compressed with a fixed header (mtime 0, no name); kept by the layer's digest in ``cache``."""
+    if cache is None:
+        return gzip.compress(layer, compresslevel=6, mtime=0)
+    cached = cache / f"{sha256(layer)}.gz"
+    if not cached.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(gzip.compress(layer, compresslevel=6, mtime=0))
+        tmp.replace(cached)
+    return cached.read_bytes()
+
+
+def index_blobs(archives: Sequence[Path], *, gzip_cache: Path | None = None) -> tuple[bytes, dict[str, bytes]]:
     """The index over per-architecture docker archives and every blob it reaches (digest -> bytes).
 
     Images are listed in the order given; two for one platform is an error.
@@ -111,16 +124,21 @@ def index_blobs(archives: Sequence[Path]) -> tuple[bytes, dict[str, bytes]]:
             "mediaType": MANIFEST_MEDIA_TYPE,
             "config": keep(CONFIG_MEDIA_TYPE, config),
             # mtime 0 and no file name in the gzip header: the same layer always compresses the same.
-            "layers": [keep(LAYER_MEDIA_TYPE, gzip.compress(layer, compresslevel=6, mtime=0)) for layer in layers],
+            "layers": [keep(LAYER_MEDIA_TYPE, _gzip(layer, gzip_cache)) for layer in layers],
         }
         manifests.append({**keep(MANIFEST_MEDIA_TYPE, _json(manifest)), "platform": platform.to_json()})
     index = _json({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": manifests})
     return index, blobs
 
 
-def write_index_layout(path: Path, *, ref: str, archives: Sequence[Path]) -> IndexLayout:
-    """Write an OCI layout at ``path`` whose one entry, named ``ref``, is an index over ``archives``."""
-    index, blobs = index_blobs(archives)
+def write_index_layout(
+    path: Path, *, ref: str, archives: Sequence[Path], gzip_cache: Path | None = None
+) -> IndexLayout:
+    """Write an OCI layout at ``path`` whose one entry, named ``ref``, is an index over ``archives``.
+
+    ``gzip_cache`` keeps compressed layers by digest: an unchanged runtime layer is compressed once.
+    """
+    index, blobs = index_blobs(archives, gzip_cache=gzip_cache)
     digest = f"sha256:{sha256(index)}"
     blobs[digest] = index
     top = {

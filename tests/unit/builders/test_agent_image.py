@@ -114,7 +114,8 @@ def test_the_standard_librarys_unused_parts_stay_out() -> None:
         "usr/lib/python3.11/tkinter/__init__.py",
         "usr/lib/python3.11/config-3.11-x86_64-linux-gnu/Makefile",
         "usr/lib/python3.11/site-packages/pip/__init__.py",
-        "usr/lib/python3.11/json/__pycache__/x.cpython-311.pyc",
+        "usr/lib/python3.11/json/__pycache__/x.cpython-311.opt-1.pyc",
+        "usr/lib/python3.11/json/__pycache__/x.cpython-310.pyc",
         "usr/bin/python3",
         "usr/lib/python3/dist-packages/x.py",
         "etc/passwd",
@@ -247,3 +248,24 @@ def test_an_image_config_for_another_architecture_is_refused(tmp_path: Path) -> 
     built = build_agent_image(python_archive=archive, out_dir=tmp_path / "out", arch="amd64")
     assert built.tag.startswith("innerloop.local/innerloop-agent:")
     assert build_agent_image(python_archive=archive, out_dir=tmp_path / "out", arch="amd64") == built
+
+
+def test_the_bases_hash_based_bytecode_is_kept_and_timestamp_bytecode_dropped() -> None:
+    """A layer's files have mtime 0: a timestamp .pyc never validates there, an unchecked-hash one always does."""
+    a = ARCHES["amd64"]
+    unchecked = b"\xa7\r\r\n" + (1).to_bytes(4, "little") + bytes(8) + b"code"
+    stamped = b"\xa7\r\r\n" + bytes(4) + bytes(8) + b"code"
+    base = [
+        *debian_base("amd64"),
+        layer(
+            ("file", "usr/lib/python3.11/__pycache__/os.cpython-311.pyc", unchecked),
+            ("file", "usr/lib/python3.11/re.py", "x = 2\n"),
+            ("file", "usr/lib/python3.11/__pycache__/re.cpython-311.pyc", stamped),
+        ),
+    ]
+    entries, _ = runtime_entries_from(base_files(base), arch=a, what="base")
+    pycs = {e.path.rsplit("/", 1)[1]: e.data for e in entries if e.path.endswith(".pyc")}
+    assert pycs == {"os.cpython-311.pyc": unchecked}
+    assert remap("usr/lib/python3.11/__pycache__/os.cpython-311.pyc", arch=a, python=DEBIAN) == (
+        f"{IMAGE_ROOT}/lib/python3.11/__pycache__/os.cpython-311.pyc"
+    )

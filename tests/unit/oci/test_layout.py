@@ -61,6 +61,9 @@ def test_the_same_archives_give_the_same_digest(tmp_path: Path) -> None:
     second = write_index_layout(tmp_path / "b", ref="v1", archives=[amd, arm])
     assert first.digest == second.digest
     assert write_index_layout(tmp_path / "a", ref="v1", archives=[amd, arm]).digest == first.digest  # already there
+    cache = tmp_path / "gzip"
+    cached = write_index_layout(tmp_path / "c", ref="v1", archives=[amd, arm], gzip_cache=cache)
+    assert cached.digest == first.digest and len(list(cache.glob("*.gz"))) == 2  # one layer per architecture
 
 
 def test_two_images_for_one_platform_are_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from innerloop.config import load_config
@@ -102,6 +103,110 @@ def test_init_then_up_serves_the_app_and_syncs_an_edit(
     assert down.returncode == 0, down.stderr
     assert kube.get_json("deployments", "-n", namespace)["items"] == []
     assert kube.get_json("services", "-n", namespace)["items"] == []
+
+
+# -- Node and Go: the Dockerfiles init writes build here (a real builder, public base names) -------------------------
+
+NODE_APP = {
+    "package.json": json.dumps(
+        {"name": "greeter", "version": "1.0.0", "private": True, "scripts": {"start": "node server.js"}}
+    ),
+    "package-lock.json": json.dumps(
+        {"name": "greeter", "version": "1.0.0", "lockfileVersion": 3, "requires": True,
+         "packages": {"": {"name": "greeter", "version": "1.0.0"}}}
+    ),
+    "server.js": 'const ANSWER = "first answer";\n'
+    'require("http").createServer((req, res) => res.end(ANSWER)).listen(process.env.PORT || 3000);\n',
+}  # fmt: skip
+GO_APP = {
+    "go.mod": "module example.com/greeter\n\ngo 1.19\n",
+    "main.go": textwrap.dedent(
+        """\
+        package main
+
+        import (
+        \t"fmt"
+        \t"net/http"
+        \t"os"
+        )
+
+        const answer = "first answer"
+
+        func main() {
+        \tport := os.Getenv("PORT")
+        \tif port == "" {
+        \t\tport = "8080"
+        \t}
+        \thttp.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, answer) })
+        \tpanic(http.ListenAndServe(":"+port, nil))
+        }
+        """
+    ),
+}
+
+
+APPS = {"node": (NODE_APP, "server.js"), "go": (GO_APP, "main.go")}
+
+
+@pytest.mark.parametrize("kind", sorted(APPS))
+def test_init_writes_a_dockerfile_that_builds_here_and_up_serves_its_edits(
+    innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path, kind: str
+) -> None:
+    """Node: npm ci on node:18-slim, an edit synced into the same pod. Go: multi-stage onto distroless, an
+    edit rebuilds and redeploys (the same edit every run: a warm run finds that image by its input hash)."""
+    files, source = APPS[kind]
+    folder = tmp_path / "greeter"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    init = subprocess.run([*innerloop_cli, "init"], cwd=folder, capture_output=True, text=True, timeout=60, check=False)
+    assert init.returncode == 0, init.stderr
+    assert "a real builder builds it" in init.stdout
+    dockerfile = (folder / "Dockerfile").read_text()
+    assert ("RUN npm ci --omit=dev" if kind == "node" else "COPY --from=build /out/app /app/app") in dockerfile
+    config = yaml.safe_load((folder / "innerloop.yaml").read_text())
+    forward = config["services"]["greeter"]["ports"][0]
+    port = forward["local"] = free_port()
+    (folder / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+
+    def answer() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def pod() -> str:
+        pods = kube.get_json("pods", "-n", namespace, "-l", "app.kubernetes.io/name=greeter")["items"]
+        live = [p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")]
+        assert len(live) == 1, live
+        return str(live[0])
+
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [*innerloop_cli, "up", "-n", namespace, "--no-color"],
+        cwd=folder,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        eventually(lambda: proc.poll() is None and answer() == "first answer", timeout_s=600)
+        assert "using buildah" in log.read_text()
+        before = pod()
+        edit = "an edited answer" if kind == "node" else "an edited go answer"
+        (folder / source).write_text((folder / source).read_text().replace('"first answer"', f'"{edit}"'))
+        eventually(lambda: answer() == edit, timeout_s=30 if kind == "node" else 600, interval_s=0.1)
+        if kind == "node":
+            assert pod() == before  # synced and restarted
+        else:
+            assert pod() != before  # rebuilt and redeployed
+            assert "greeter: main.go changed, which sync cannot serve: redeploying" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert proc.returncode == 0, log.read_text()
 
 
 # -- a repository with several apps and one shared manifest file ---------------------------------------------------

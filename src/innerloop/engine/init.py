@@ -48,6 +48,7 @@ BUSYBOX_BASE = "innerloop.local/busybox:1.35"
 NODE_BASE = "node:18-slim"  # public names: a real builder pulls them (here, through the bundled registry's mirror)
 GO_BASE = "golang:1.19"
 GO_RUNTIME = "gcr.io/distroless/static-debian12:nonroot"
+GO_MODULES, GO_BUILD_CACHE = "/go/pkg/mod", "/root/.cache/go-build"  # where golang images keep them
 NODE_LOCKFILES = ("package-lock.json", "npm-shrinkwrap.json")
 NONROOT = "65532:65532"
 WORKDIR = "/app"
@@ -493,9 +494,11 @@ def dockerfile_text(detected: Detected) -> str:
             f"FROM {GO_BASE} AS build",
             "WORKDIR /src",
             f"COPY {' '.join(['go.mod', *detected.lockfiles])} ./",
-            "RUN go mod download",
+            "# Cache mounts (BuildKit, buildah, podman): a rebuild recompiles your code, not the standard library.",
+            f"RUN --mount=type=cache,target={GO_MODULES} go mod download",
             "COPY . .",
-            f"RUN CGO_ENABLED=0 go build -o /out/app {detected.entry}",
+            f"RUN --mount=type=cache,target={GO_MODULES} --mount=type=cache,target={GO_BUILD_CACHE} "
+            f"CGO_ENABLED=0 go build -o /out/app {detected.entry}",
             "",
             f"FROM {GO_RUNTIME}",
             f"COPY --from=build /out/app {WORKDIR}/app",

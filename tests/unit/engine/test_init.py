@@ -237,9 +237,13 @@ class TestGo:
             ("FROM", f"{GO_BASE} AS build"),
             ("WORKDIR", "/src"),
             ("COPY", "go.mod go.sum ./"),
-            ("RUN", "go mod download"),
+            ("RUN", "--mount=type=cache,target=/go/pkg/mod go mod download"),
             ("COPY", ". ."),
-            ("RUN", "CGO_ENABLED=0 go build -o /out/app ./cmd/api"),
+            (
+                "RUN",
+                "--mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build "
+                "CGO_ENABLED=0 go build -o /out/app ./cmd/api",
+            ),
             ("FROM", GO_RUNTIME),
             ("COPY", "--from=build /out/app /app/app"),
             ("ENV", "PORT=9000"),

@@ -179,6 +179,7 @@ def intercept(  # noqa: PLR0917 - click passes options positionally
         grace=grace,
         registry=project.registry if project else None,
         agent_image=project.agent_image if project else None,
+        agent_base=project.agent_base if project else None,
     )
     options = _Options(
         command=list(command),

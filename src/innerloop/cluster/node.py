@@ -86,6 +86,11 @@ class ClusterInfo:
         )
 
 
+# Where the registry beside the cluster serves agentBase's default (gcr.io/distroless/python3-debian12),
+# mirrored there by registries.conf.
+AGENT_BASE_NAME = "distroless/python3-debian12:latest"
+
+
 def published_name(tag: str) -> str:
     """``innerloop.local/busybox:1.35-1a1d7f`` -> ``innerloop.local/busybox:1.35`` (pure)."""
     name, _, version = tag.rpartition(":")
@@ -145,6 +150,8 @@ class BundledCluster:
         self._import_images(images)
         self._wait("registry ready", lambda: registry.is_ready(spec.registry), deadline, watch=(registry.NAME,))
         published = {name: images[key].archive for key, name in registry.PUBLISHED.items()}
+        # The agent's default base on other clusters (agentBase): its runtime comes from this very image.
+        published[AGENT_BASE_NAME] = images["python"].archive
         # Bases that look like public ones (python:3.11-slim, node, golang, distroless) for real Dockerfiles.
         published.update({name: image.archive for name, image in base_images(self.paths, self._report).items()})
         self.push_to_registry(published, address=spec.registry)

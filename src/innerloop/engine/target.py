@@ -16,20 +16,24 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from innerloop.builders.agent_image import AgentPlan, machine_architecture, plan_agent
 from innerloop.cluster.components import API_PORT
 from innerloop.cluster.node import BundledCluster
 from innerloop.cluster.paths import ClusterPaths
 from innerloop.cluster.versions import PINNED
 from innerloop.config.model import Registry
 from innerloop.delivery import (
+    ClusterFacts,
     Delivery,
     DeliveryPlan,
+    Method,
     NoDelivery,
     delivery_for,
     gather_facts,
     plan_delivery,
     resolve_default_repo,
 )
+from innerloop.delivery.facts import architectures
 from innerloop.k8s.connection import ClusterConnection, default_kubeconfig
 from innerloop.oci.archive import BuiltImage
 
@@ -49,7 +53,7 @@ class Target:
     bundled: BundledCluster | None
     default_repo: str | None = None  # --default-repo
     insecure_registry: bool = False  # --insecure-registry
-    _chosen: tuple[Delivery, DeliveryPlan] | None = field(default=None, repr=False, compare=False)
+    _chosen: tuple[Delivery, DeliveryPlan, ClusterFacts] | None = field(default=None, repr=False, compare=False)
 
     @property
     def paths(self) -> ClusterPaths:
@@ -88,8 +92,22 @@ class Target:
             except NoDelivery as err:
                 raise UpError(str(err)) from None
             report(f"images: {plan.describe()} ({plan.reason})")
-            self._chosen = (delivery_for(plan, bundled=self.bundled, report=report), plan)
+            self._chosen = (delivery_for(plan, bundled=self.bundled, report=report), plan, facts)
         return self._chosen[1]
+
+    async def agent_plan(self, *, registry: Registry | None, base: str | None, report: Report) -> AgentPlan:
+        """How the agent image is made here: the bundled Python, or ``base`` for the nodes' architectures."""
+        delivery = await self.images(registry=registry, report=report)
+        assert self._chosen is not None
+        nodes = self._chosen[2].nodes
+        return plan_agent(
+            bundled=delivery.method is Method.BUNDLED,
+            registry=delivery.method is Method.REGISTRY,
+            node_architectures=architectures(nodes) if nodes is not None else None,
+            unknown_reason=self._chosen[2].nodes_unknown,
+            base=base,
+            host_architecture=machine_architecture(),
+        )
 
     def deliver(self, image: BuiltImage) -> str:
         """Put ``image`` where the cluster's nodes find it; the reference pods must use (by digest on a registry)."""

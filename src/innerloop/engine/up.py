@@ -25,11 +25,9 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, Secret
 
-from innerloop.builders.agent_image import AgentImageError, AgentPlan, build_agent, machine_architecture, plan_agent
+from innerloop.builders.agent_image import AgentImageError, AgentPlan, build_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
-from innerloop.delivery import Method
-from innerloop.delivery.facts import node_architectures
 from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
@@ -103,6 +101,7 @@ class DevLoop:
         self.plans: dict[str, ServicePlan] = {}
         self.built: dict[str, BuiltImageInfo] = {}
         self.agent_tag = ""
+        self.agent_plan: AgentPlan | None = None
         self.tokens: dict[str, str] = {}
         self.forwards: list[tuple[str, PortConfig, PortForward]] = []
 
@@ -130,22 +129,10 @@ class DevLoop:
         if not any(s.sync for s in self.project.services.values()):
             return  # only dev mode runs the agent
 
-        async def choose() -> AgentPlan:
-            # The delivery path is chosen already (deploy asked first); the nodes say their architectures.
-            delivery = await self.target.images(registry=self.project.registry, report=self.report)
-            architectures, unknown = await node_architectures(self.target.conn)
-            return plan_agent(
-                bundled=delivery.method is Method.BUNDLED,
-                registry=delivery.method is Method.REGISTRY,
-                node_architectures=architectures,
-                unknown_reason=unknown,
-                base=self.project.agent_base,
-                host_architecture=machine_architecture(),
-            )
-
+        assert self.agent_plan is not None, "deploy() plans the agent before building"
         started = time.monotonic()
+        plan = self.agent_plan
         try:
-            plan = asyncio.run(choose())  # this runs in a worker thread, outside the dev loop's event loop
             self.report(plan.describe())
             agent = build_agent(plan, paths=self.target.paths, report=self.report)
         except AgentImageError as err:
@@ -219,6 +206,11 @@ class DevLoop:
         # And how images reach it: a cluster with no way in says what would work before anything is built.
         if any(s.image is not None or s.sync for s in self.project.services.values()):
             await self.target.images(registry=self.project.registry, report=self.report)
+        if self.project.agent_image is None and any(s.sync for s in self.project.services.values()):
+            # The nodes say their architectures; the agent is built for them (in build(), off the loop).
+            self.agent_plan = await self.target.agent_plan(
+                registry=self.project.registry, base=self.project.agent_base, report=self.report
+            )
         # Then refuse what cannot work (the config against its manifests, a local port in use)
         # before building or deploying anything.
         objects = await asyncio.to_thread(self._objects)

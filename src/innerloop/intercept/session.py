@@ -30,10 +30,8 @@ from pathlib import Path
 from innerloop.agent.intercepts import Mode
 from innerloop.agent.match import HeaderRule
 from innerloop.agent.restore import selector_of
-from innerloop.builders.agent_image import build_agent, machine_architecture, plan_agent
+from innerloop.builders.agent_image import build_agent
 from innerloop.config.model import Registry
-from innerloop.delivery import Method
-from innerloop.delivery.facts import node_architectures
 from innerloop.engine.target import Target
 from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_service, wait_router_ready
 from innerloop.intercept.plan import router_name, router_selector
@@ -95,16 +93,7 @@ async def agent_image(
     the cluster is not the bundled one, for the nodes' architectures) and delivered."""
     if mirrored is not None:
         return mirrored
-    delivery = await target.images(registry=registry, report=report)
-    architectures, unknown = await node_architectures(target.conn)
-    plan = plan_agent(
-        bundled=delivery.method is Method.BUNDLED,
-        registry=delivery.method is Method.REGISTRY,
-        node_architectures=architectures,
-        unknown_reason=unknown,
-        base=base,
-        host_architecture=machine_architecture(),
-    )
+    plan = await target.agent_plan(registry=registry, base=base, report=report)
     report(plan.describe())
     image = await asyncio.to_thread(build_agent, plan, paths=target.paths, report=report)
     return await asyncio.to_thread(target.deliver, image)
@@ -122,12 +111,15 @@ class InterceptRequest:
     grace: float
     registry: Registry | None = None  # innerloop.yaml `registry:`
     agent_image: str | None = None  # innerloop.yaml `agentImage:`
+    agent_base: str | None = None  # innerloop.yaml `agentBase:`
 
 
 async def start(target: Target, request: InterceptRequest, *, report: Report) -> InterceptTunnel:
     """The router started or joined (its pod may still be starting) and the tunnel that will hold the
     intercept; the caller runs ``tunnel.run()`` (it registers) and then :func:`switch`."""
-    image = await agent_image(target, report, registry=request.registry, mirrored=request.agent_image)
+    image = await agent_image(
+        target, report, registry=request.registry, mirrored=request.agent_image, base=request.agent_base
+    )
     async with RawApi(target.conn) as api:
         info = await ensure_router(
             api, namespace=request.namespace, service=request.service, image=image, grace=request.grace, report=report

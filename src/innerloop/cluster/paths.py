@@ -94,7 +94,7 @@ class ClusterPaths:
     @property
     def containers_storage(self) -> Path:
         """Builders' image storage: a cache, kept by `down` like the images."""
-        return self.cache / "containers" / "storage"
+        return self.cache / "containers" / "overlay"  # a graphroot keeps its driver: a new name for a new one
 
     @property
     def certs_d(self) -> Path:

@@ -143,10 +143,15 @@ insecure = true
 
 
 def containers_storage_conf(*, graphroot: Path, runroot: Path) -> str:
-    """storage.conf(5) that keeps builders' layers in innerloop's cache, not in /var/lib/containers."""
+    """storage.conf(5) that keeps builders' layers in innerloop's cache, not in /var/lib/containers.
+
+    overlay, as containerd's snapshotter here: a rebuild after an edit takes ~3.5 s where vfs,
+    which copies every layer for every step, took ~22 s (buildah, python:3.11-slim, measured
+    on this machine under load). Its mounts last only while a build runs.
+    """
     return f"""# Written by `innerloop cluster up`: builders' storage for this machine's tests and demo.
 [storage]
-driver = "vfs"
+driver = "overlay"
 graphroot = "{graphroot}"
 runroot = "{runroot}"
 """

@@ -217,7 +217,7 @@ def test_builders_resolve_public_names_to_the_bundled_registry() -> None:
 
 def test_builders_storage_stays_in_the_cache(tmp_path: Path) -> None:
     conf = tomllib.loads(registry.containers_storage_conf(graphroot=tmp_path / "g", runroot=tmp_path / "r"))
-    assert conf["storage"] == {"driver": "vfs", "graphroot": str(tmp_path / "g"), "runroot": str(tmp_path / "r")}
+    assert conf["storage"] == {"driver": "overlay", "graphroot": str(tmp_path / "g"), "runroot": str(tmp_path / "r")}
 
 
 def test_a_read_only_registry_is_in_maintenance_mode(tmp_path: Path) -> None:

@@ -103,7 +103,9 @@ def builder_times(name: str, builder: Builder, ctx: Path, work: Path) -> dict[st
     out = work / f"out-{secrets.token_hex(4)}"
 
     def request() -> BuildRequest:
-        return BuildRequest(context=ctx, dockerfile=ctx / "Dockerfile", repository=f"bench/{name}", out_dir=out)
+        return BuildRequest(
+            context=ctx, dockerfile=ctx / "Dockerfile", repository=f"innerloop.local/bench-{name}", out_dir=out
+        )
 
     cold = timed(lambda: builder.build(request(), quiet))
     (ctx / "app.py").write_text(APP + f"# edit {secrets.token_hex(4)}\n")
@@ -163,7 +165,7 @@ def main() -> None:
                 BuildRequest(
                     context=work / f"{rep}-builtin-copy",
                     dockerfile=work / f"{rep}-builtin-copy" / "Dockerfile",
-                    repository="bench/builtin-copy",
+                    repository="innerloop.local/bench-builtin-copy",
                     out_dir=work / "delivery",
                 ),
                 quiet,

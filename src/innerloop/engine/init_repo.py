@@ -51,6 +51,7 @@ from innerloop.engine.init import (
     dockerfile_text,
     manifests_text,
     service_name,
+    sync_lines,
     yaml_flow,
 )
 
@@ -769,11 +770,7 @@ def _config(plan: RepoPlan, schema: str | None) -> str:
                 "    image:",
                 f"      name: {service.image_name}",
                 f"      context: {app.folder}",
-                "    sync:",
-                f"      - local: {app.folder}/",
-                f"        remote: {detected.workdir.rstrip('/')}/",
-                f"        exclude: {yaml_flow(detected.excludes)}",
-                "    restart: process",
+                *sync_lines(detected, f"{app.folder}/"),
             ]
             if service.port is not None:
                 lines += ["    ports:", f"      - remote: {service.port}", f"        local: {service.local_port}"]

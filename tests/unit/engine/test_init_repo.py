@@ -172,8 +172,10 @@ class TestMonorepo:
             assert svc.manifests.files == ["k8s/app.yaml"], name  # the shared file, referenced
             assert svc.workload == f"deployment/{name}"
             assert svc.image is not None and svc.image.context == name
+        for name, svc in [("api", api), ("web", web)]:
             [rule] = svc.sync
             assert (rule.local, rule.remote) == (f"{name}/", "/app/")
+        assert worker.sync == []  # Go is compiled: a saved .go file rebuilds the image instead
         assert api.image is not None and api.image.name == "registry.example.com/shop/api"  # tag dropped
         assert web.image is not None and web.image.name == "shop-web"  # <project>-<folder>
         assert worker.image is not None and worker.image.name == "worker"

@@ -241,7 +241,8 @@ def test_the_default_base_through_registries_conf_gives_one_index_of_both_archit
     push = RegistryPush(RegistryTarget(push=registry, pull=registry, insecure=True, source="test"))
     reference = push.deliver(image)
     assert reference.startswith(f"{registry}/innerloop-agent@sha256:")
-    assert push.deliver(image) == reference and push.copies == 1  # the registry has that index: nothing pushed
+    copies = push.copies  # 0 when the registry (its storage is a cache) kept this index from an earlier run
+    assert push.deliver(image) == reference and push.copies == copies  # the registry has that index: nothing pushed
     raw = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{reference}"],
         capture_output=True, check=True,

@@ -4,7 +4,7 @@
   127.0.0.1:<free port>, its storage in a test folder; the process is killed (by its pid) when the
   block ends.
 - ``push_archive``: ``skopeo copy`` of a docker-archive into a registry.
-- ``Buildah``: buildah with its containers-storage under a test folder (vfs driver, chroot
+- ``Buildah``: buildah with its containers-storage under a test folder (overlay driver, chroot
   isolation), so nothing is written to /var/lib/containers or left mounted; ``run_image`` runs an
   image's entrypoint and command as its user; ``close`` removes every container and the storage.
 
@@ -118,7 +118,7 @@ def push_archive(archive: Path, reference: str) -> None:
 
 
 class Buildah:
-    """buildah over a private containers-storage (vfs, chroot isolation)."""
+    """buildah over a private containers-storage (overlay, chroot isolation)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -127,7 +127,7 @@ class Buildah:
         self.tmpdir = folder / "tmp"
         for d in (self.root, self.runroot, self.tmpdir):
             d.mkdir(parents=True, exist_ok=True)
-        self._storage = ["--root", str(self.root), "--runroot", str(self.runroot), "--storage-driver", "vfs"]
+        self._storage = ["--root", str(self.root), "--runroot", str(self.runroot), "--storage-driver", "overlay"]
 
     def __enter__(self) -> Buildah:
         return self

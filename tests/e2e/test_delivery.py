@@ -128,13 +128,13 @@ def test_push_returns_a_digest_reference_and_a_second_delivery_pushes_nothing(
     push = _push(registry, env=_base_env(tmp_path), messages=messages)
 
     ref = push.deliver(image)
-    assert re.fullmatch(rf"{re.escape(registry.host)}/team/innerloop_local_busybox@sha256:[0-9a-f]{{64}}", ref), ref
+    assert re.fullmatch(rf"{re.escape(registry.host)}/team/busybox@sha256:[0-9a-f]{{64}}", ref), ref
     assert push.copies == 1
     inspected = _skopeo_inspect(ref)
     assert inspected["Digest"] == ref.split("@", 1)[1]
     # The tag is there too, pointing at the same manifest.
     tag = image.tag.rsplit(":", 1)[1]
-    assert _skopeo_inspect(f"{registry.host}/team/innerloop_local_busybox:{tag}")["Digest"] == inspected["Digest"]
+    assert _skopeo_inspect(f"{registry.host}/team/busybox:{tag}")["Digest"] == inspected["Digest"]
 
     again = _push(registry, env=_base_env(tmp_path), messages=messages)  # a new process would start like this
     assert again.deliver(image) == ref

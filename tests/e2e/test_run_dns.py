@@ -24,7 +24,24 @@ import pytest
 from .kube import Kube, eventually
 from .workloads import deployment_manifest
 
-BACKEND_SOURCE = Path(__file__).resolve().parents[2] / "examples" / "bookshop" / "backend" / "app.py"
+# The bookshop backend's answer, served by the standard library (the example's own backend is Flask now,
+# and this image has no pip): what matters here is the name the local command calls.
+BACKEND_SOURCE = """
+import json, os, socket
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"service": "backend", "pod": socket.gethostname(),
+                           "books": [{"id": 1, "title": "The Phoenix Project"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+ThreadingHTTPServer(("", int(os.environ.get("PORT", "8080"))), Handler).serve_forever()
+"""
 GO_CACHE = Path("/var/cache/innerloop/go-test-cache")
 NOBODY = 65534
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -82,7 +99,7 @@ while not os.path.exists(sys.argv[2]) and time.time() < deadline:
 
 
 def _deploy_backend(kube: Kube, namespace: str) -> None:
-    command = ["python3", "-c", BACKEND_SOURCE.read_text()]
+    command = ["python3", "-c", BACKEND_SOURCE]
     port = {"containerPort": 8080, "name": "http"}
     kube.apply(namespace, deployment_manifest("backend", kube.images["python"], command, ports=[port]))
     service = {

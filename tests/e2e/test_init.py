@@ -391,7 +391,7 @@ def test_init_at_a_repository_root_writes_one_config_for_every_app(innerloop_cli
         "api": [("api/", "/app/")],
         "docs-site": [("docs-site/", "/srv/")],
         "web": [("web/", "/app/")],
-        "worker": [("worker/", "/app/")],
+        "worker": [],  # Go is compiled: a saved .go file rebuilds the image instead
         "cache": [],
         "db": [],
     }

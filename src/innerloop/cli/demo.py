@@ -59,12 +59,30 @@ def demo(namespace: str, port: int, check: bool) -> None:
         forward.wait()
 
 
+def _broken_hop(chain: object) -> str | None:
+    """The error of the first hop that could not reach the next one, or None when every hop answered."""
+    while isinstance(chain, dict):
+        if "error" in chain:
+            return str(chain["error"])
+        via = chain.get("via")
+        chain = via[0] if isinstance(via, list) and via else None
+    return None
+
+
 def _first_response(url: str, forward: subprocess.Popen[bytes]) -> object:
-    deadline = time.monotonic() + 30
+    """The first answer of the whole chain: a hop whose Service has no endpoint yet answers with an error entry."""
+    deadline = time.monotonic() + 60
     while True:
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
-                return json.load(resp)
+                chain = json.load(resp)
+            broken = _broken_hop(chain)
+            if broken is None:
+                return chain
+            if time.monotonic() > deadline:
+                click.echo(f"error: the chain did not answer end to end: {broken}", err=True)
+                sys.exit(1)
+            time.sleep(0.3)
         except OSError as err:
             if forward.poll() is not None:
                 stderr = forward.stderr.read().decode() if forward.stderr else ""

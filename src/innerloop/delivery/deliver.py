@@ -158,6 +158,26 @@ class RegistryPush:
             return None  # another image under the same tag (or an index): push ours over it
         return "sha256:" + hashlib.sha256(out.stdout).hexdigest()
 
+    def _copy(self, image: BuiltImage, ref: str, *, source: str | None = None, extra: tuple[str, ...] = ()) -> str:
+        """One skopeo copy of ``image`` to ``ref``; the manifest digest it reports."""
+        with tempfile.TemporaryDirectory(prefix="innerloop-push-") as tmp:
+            digestfile = Path(tmp) / "digest"
+            argv = copy_argv(
+                archive=image.archive,
+                dest=ref,
+                digestfile=digestfile,
+                insecure=self.target.insecure,
+                authfile=self._authfile,
+                skopeo=self._skopeo,
+                source=source,
+                extra=extra,
+            )
+            out = self._run(argv)
+            self.copies += 1
+            if out.returncode != 0:
+                raise DeliveryError(explain_failure(out.stderr.decode(errors="replace"), host=self.host, ref=ref))
+            return digestfile.read_text().strip()
+
     def deliver(self, image: BuiltImage) -> str:
         if is_layout(image.archive):
             return self._deliver_index(image)
@@ -169,21 +189,7 @@ class RegistryPush:
             self._report(f"{ref} is in the registry already")
             return f"{pull}@{digest}"
         self._report(f"pushing {image.tag} to {ref}")
-        with tempfile.TemporaryDirectory(prefix="innerloop-push-") as tmp:
-            digestfile = Path(tmp) / "digest"
-            argv = copy_argv(
-                archive=image.archive,
-                dest=ref,
-                digestfile=digestfile,
-                insecure=self.target.insecure,
-                authfile=self._authfile,
-                skopeo=self._skopeo,
-            )
-            out = self._run(argv)
-            self.copies += 1
-            if out.returncode != 0:
-                raise DeliveryError(explain_failure(out.stderr.decode(errors="replace"), host=self.host, ref=ref))
-            digest = digestfile.read_text().strip()
+        digest = self._copy(image, ref)
         if not digest.startswith("sha256:"):
             raise DeliveryError(f"skopeo pushed {ref} but reported no digest ({digest!r})")
         return f"{pull}@{digest}"
@@ -208,25 +214,10 @@ class RegistryPush:
         if not is_missing_manifest(stderr):
             raise DeliveryError(explain_failure(stderr, host=self.host, ref=ref, action="reading"))
         self._report(f"pushing {image.tag} (one index: every architecture) to {ref}")
-        with tempfile.TemporaryDirectory(prefix="innerloop-push-") as tmp:
-            digestfile = Path(tmp) / "digest"
-            argv = copy_argv(
-                archive=image.archive,
-                dest=ref,
-                digestfile=digestfile,
-                insecure=self.target.insecure,
-                authfile=self._authfile,
-                skopeo=self._skopeo,
-            )
-            # The same copy, from the layout's one entry, every image of the index, digests unchanged.
-            source = argv.index(f"docker-archive:{image.archive}")
-            argv[source] = f"oci:{image.archive}:{layout.ref}"
-            argv[2:2] = ["--all", "--preserve-digests"]
-            out = self._run(argv)
-            self.copies += 1
-            if out.returncode != 0:
-                raise DeliveryError(explain_failure(out.stderr.decode(errors="replace"), host=self.host, ref=ref))
-            digest = digestfile.read_text().strip()
+        # Every image of the index, from the layout's one entry, digests unchanged.
+        digest = self._copy(
+            image, ref, source=f"oci:{image.archive}:{layout.ref}", extra=("--all", "--preserve-digests")
+        )
         if digest != layout.digest:
             raise DeliveryError(f"skopeo pushed {ref} as {digest!r}, not as the index {layout.digest}")
         return f"{pull}@{layout.digest}"

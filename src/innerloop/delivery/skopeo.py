@@ -10,7 +10,7 @@ turns skopeo's ``level=fatal msg="..."`` into one line a user can act on.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from innerloop.delivery.choice import INSTALL_HINTS
@@ -41,19 +41,32 @@ def _common(*, tls_flag: str, insecure: bool, authfile: Path | None) -> list[str
 
 
 def copy_argv(
-    *, archive: Path, dest: str, digestfile: Path, insecure: bool, authfile: Path | None, skopeo: str = "skopeo"
+    *,
+    archive: Path,
+    dest: str,
+    digestfile: Path,
+    insecure: bool,
+    authfile: Path | None,
+    skopeo: str = "skopeo",
+    source: str | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """Push a docker-save archive to ``dest`` (``host/name:tag``); the manifest digest goes to ``digestfile``."""
+    """Push a docker-save archive to ``dest`` (``host/name:tag``); the manifest digest goes to ``digestfile``.
+
+    ``source`` replaces ``docker-archive:<archive>`` (an ``oci:<layout>:<ref>`` index, pushed with
+    ``extra`` = ``--all --preserve-digests``).
+    """
     return [
         skopeo,
         "copy",
+        *extra,
         "--quiet",
         "--retry-times",
         "2",
         *_common(tls_flag="--dest-tls-verify", insecure=insecure, authfile=authfile),
         "--digestfile",
         str(digestfile),
-        f"docker-archive:{archive}",
+        source or f"docker-archive:{archive}",
         f"docker://{dest}",
     ]
 

@@ -27,9 +27,9 @@ import secrets  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from innerloop.agent.match import parse_rule  # noqa: E402
 from innerloop.engine.target import connect  # noqa: E402
 from innerloop.intercept.session import InterceptRequest, start, switch  # noqa: E402
+from innerloop.router.match import parse_rule  # noqa: E402
 
 mark("imports")
 IMPORTS_S = time.monotonic() - T0

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from innerloop.agent.h2 import (
+from innerloop.router.h2 import (
     DATA,
     FLAG_ACK,
     FLAG_END_STREAM,
@@ -58,9 +58,9 @@ from innerloop.agent.h2 import (
     settings_frame,
     window_update_frame,
 )
-from innerloop.agent.hpack import Decoder, Encoder, Header
-from innerloop.agent.http1 import BufferedConn, Conn, SocketConn
-from innerloop.agent.match import matches, parse_rule
+from innerloop.router.hpack import Decoder, Encoder, Header
+from innerloop.router.http1 import BufferedConn, Conn, SocketConn
+from innerloop.router.match import matches, parse_rule
 
 MESSAGE = b"\0\0\0\0\x80" + b"x" * 128  # a gRPC length-prefixed message of 128 bytes
 REQUEST: list[Header] = [

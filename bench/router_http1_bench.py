@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, SocketConn
-from innerloop.agent.match import matches, parse_rule
-from innerloop.agent.routing import RouteKey, serve_http1
+from innerloop.router.http1 import BufferedConn, Conn, RequestHead, SocketConn
+from innerloop.router.match import matches, parse_rule
+from innerloop.router.routing import RouteKey, serve_http1
 
 BODY = b"x" * 128
 BULK_BLOCK = b"b" * (1024 * 1024)

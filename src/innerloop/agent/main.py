@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed(args.source, args.destination)
         return 0
     if args.action == "route":
-        from innerloop.agent.router import load_config, run_router  # noqa: PLC0415
+        from innerloop.router.main import load_config, run_router  # noqa: PLC0415
 
         return asyncio.run(run_router(load_config(args.config)))
     command: list[str] = args.command

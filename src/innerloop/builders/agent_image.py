@@ -62,7 +62,7 @@ Report = Callable[[str], None]
 IMAGE_ROOT = "/opt/innerloop"
 MOUNT_ROOT = "/.innerloop"
 LOADER = "ld.so"  # lib/ld.so: a link to the architecture's own loader
-AGENT_PACKAGES = ("protocol", "agent")
+AGENT_PACKAGES = ("protocol", "agent", "router")
 DEFAULT_AGENT_BASE = "gcr.io/distroless/python3-debian12"
 MIN_PYTHON = (3, 11)  # the agent uses asyncio.TaskGroup and asyncio.timeout
 # Bump when what the runtime layer holds or where changes: cached runtimes are rebuilt.

@@ -17,8 +17,6 @@ from typing import Any
 
 import click
 
-from innerloop.agent.intercepts import Mode
-from innerloop.agent.match import HeaderRule, parse_rule
 from innerloop.cli.options import default_repo_option, insecure_registry_option
 from innerloop.cli.output import explain_error, report
 from innerloop.cli.stopping import Stopping, run_until_signal
@@ -48,6 +46,8 @@ from innerloop.intercept.session import (
 from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, InterceptTunnel, RouterSession
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.k8s.rest import RawApi, object_path
+from innerloop.router.intercepts import Mode
+from innerloop.router.match import HeaderRule, parse_rule
 
 INTERCEPT_ERRORS = (
     InterceptSetupError,

@@ -570,7 +570,7 @@ class Service(_Model):
 
 
 def _header_rule(value: str) -> str:
-    from innerloop.agent.match import parse_rule  # noqa: PLC0415 - the agent's parser is the one truth
+    from innerloop.router.match import parse_rule  # noqa: PLC0415 - the agent's parser is the one truth
 
     parse_rule(value)
     return value

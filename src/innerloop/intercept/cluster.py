@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from innerloop.agent.restore import restore_managed_fields, restore_selector, selector_of, swap_selector
 from innerloop.intercept.plan import (
     ROUTER_LABEL,
     check_interceptable,
@@ -36,6 +35,7 @@ from innerloop.intercept.plan import (
     router_selector,
 )
 from innerloop.k8s.rest import RawApi, RestError, collection_path, object_path
+from innerloop.router.restore import restore_managed_fields, restore_selector, selector_of, swap_selector
 
 FIELD_MANAGER = "innerloop-intercept"
 Report = Callable[[str], None]

@@ -20,7 +20,7 @@ For a Service ``S`` the first intercept creates, all labelled
 
 Everything but the Deployment carries an owner reference to it, so deleting
 the Deployment removes the rest. S itself only gets its selector switched
-(:mod:`innerloop.agent.restore`).
+(:mod:`innerloop.router.restore`).
 """
 
 from __future__ import annotations

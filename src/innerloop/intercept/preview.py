@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from innerloop.agent.match import HeaderRule
 from innerloop.forward.forward import PortForward
 from innerloop.k8s.connection import ClusterConnection
+from innerloop.router.match import HeaderRule
 
 HOP_BY_HOP = {
     "connection",

@@ -27,9 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from innerloop.agent.intercepts import Mode
-from innerloop.agent.match import HeaderRule
-from innerloop.agent.restore import selector_of
 from innerloop.builders.agent_image import build_agent
 from innerloop.config.model import Registry
 from innerloop.engine.target import Target
@@ -37,6 +34,9 @@ from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_servic
 from innerloop.intercept.plan import router_name, router_selector
 from innerloop.intercept.tunnel import InterceptTunnel, Registration
 from innerloop.k8s.rest import RawApi, object_path
+from innerloop.router.intercepts import Mode
+from innerloop.router.match import HeaderRule
+from innerloop.router.restore import selector_of
 
 Report = Callable[[str], None]
 DEFAULT_HEADER = "x-innerloop-user"

@@ -24,16 +24,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from innerloop.agent.http1 import SocketConn, pipe
-from innerloop.agent.intercepts import Mode
-from innerloop.agent.match import HeaderRule
-from innerloop.agent.router import TunnelConn
 from innerloop.intercept.plan import CONTROL_PORT, ROUTER_LABEL
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.k8s.rest import RawApi, collection_path
 from innerloop.k8s.streams import PortForwardByteStream, StreamError
 from innerloop.protocol.frames import ProtocolError
 from innerloop.protocol.session import ControlChannel, Role, Session, SessionClosed, Stream
+from innerloop.router.http1 import SocketConn, pipe
+from innerloop.router.intercepts import Mode
+from innerloop.router.main import TunnelConn
+from innerloop.router.match import HeaderRule
 
 Dial = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 Report = Callable[[str], None]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from innerloop.agent.match import matches, parse_rule
 from innerloop.intercept.preview import preview_headers
+from innerloop.router.match import matches, parse_rule
 
 
 def test_exact_prefix_and_baggage_rules_become_headers_that_match_them() -> None:

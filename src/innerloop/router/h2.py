@@ -33,7 +33,7 @@ What the relay rewrites, and why:
   GOAWAY.
 
 Frames are parsed and built by pure functions (``FrameParser``, ``frame``
-and friends) and header blocks by ``innerloop.agent.hpack``; the relay only
+and friends) and header blocks by ``innerloop.router.hpack``; the relay only
 moves their output through ``Conn``. Frame handling is synchronous: each
 connection has a writer task sending whatever was queued, in order and in
 batches, and DATA is queued only within the peer's windows, so a frame
@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import TypeAlias
 
-from innerloop.agent.hpack import Decoder, Encoder, Header, HpackError
-from innerloop.agent.http1 import H2_PREFACE, BufferedConn, Conn, HttpError
-from innerloop.agent.log import log
+from innerloop.router.hpack import Decoder, Encoder, Header, HpackError
+from innerloop.router.http1 import H2_PREFACE, BufferedConn, Conn, HttpError
+from innerloop.router.log import log
 
 RouteKey: TypeAlias = Hashable
 Choose: TypeAlias = Callable[[list[Header]], RouteKey]

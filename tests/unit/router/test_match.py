@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from innerloop.agent.match import HeaderRule, matches, parse_baggage, parse_rule, rules_overlap_exactly
+from innerloop.router.match import HeaderRule, matches, parse_baggage, parse_rule, rules_overlap_exactly
 
 # -- parse_rule ----------------------------------------------------------------
 

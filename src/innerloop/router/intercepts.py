@@ -11,7 +11,7 @@ When the holder's tunnel drops, the intercept is *detached*: its traffic
 goes to the cluster's pods again at once, and for ``grace`` seconds the
 holder may come back with the same secret and resume. After that the
 intercept expires. When none are left the router restores the Service and
-removes itself (:mod:`innerloop.agent.router`).
+removes itself (:mod:`innerloop.router.main`).
 
 Routing is first-registered-wins: a later personal intercept whose rules
 overlap an earlier one's cannot steal the earlier one's requests, and one
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from innerloop.agent.match import HeaderRule, matches, rules_overlap_exactly
+from innerloop.router.match import HeaderRule, matches, rules_overlap_exactly
 
 Mode = Literal["global", "personal"]
 MODES: tuple[Mode, ...] = ("global", "personal")

@@ -41,7 +41,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Hashable
 from typing import TypeAlias
 
-from innerloop.agent.http1 import (
+from innerloop.router.http1 import (
     BufferedConn,
     Conn,
     HttpError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from innerloop.agent.restore import (
+from innerloop.router.restore import (
     restore_managed_fields,
     restore_selector,
     same_but_bookkeeping,

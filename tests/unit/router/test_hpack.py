@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from innerloop.agent.hpack import (
+from innerloop.router.hpack import (
     HUFFMAN_CODES,
     HUFFMAN_LENGTHS,
     STATIC_TABLE,

@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, SocketConn
-from innerloop.agent.routing import RETRY_BODY_LIMIT, RouteKey, serve_http1
+from innerloop.router.http1 import BufferedConn, Conn, RequestHead, SocketConn
+from innerloop.router.routing import RETRY_BODY_LIMIT, RouteKey, serve_http1
 
 from .test_http1 import memory_pair, read_all
 

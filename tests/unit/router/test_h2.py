@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from innerloop.agent.h2 import (
+from innerloop.router.h2 import (
     CONTINUATION,
     DATA,
     FLAG_ACK,
@@ -49,8 +49,8 @@ from innerloop.agent.h2 import (
     settings_frame,
     window_update_frame,
 )
-from innerloop.agent.hpack import Decoder, Encoder, Header
-from innerloop.agent.http1 import BufferedConn, Conn
+from innerloop.router.hpack import Decoder, Encoder, Header
+from innerloop.router.http1 import BufferedConn, Conn
 
 from .test_http1 import MemoryConn, memory_pair
 

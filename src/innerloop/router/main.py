@@ -1,14 +1,14 @@
 """The intercept router: the one pod an intercept adds to the cluster.
 
 While a Service is intercepted its selector points here (see
-:mod:`innerloop.agent.restore`); the target workload's pods are not touched.
+:mod:`innerloop.router.restore`); the target workload's pods are not touched.
 For every connection on a Service port the router decides where it goes:
 
 - a *global* intercept takes the whole connection, whatever the protocol;
 - otherwise HTTP/1.1 is routed request by request
-  (:func:`innerloop.agent.routing.serve_http1`) and HTTP/2 with prior
+  (:func:`innerloop.router.routing.serve_http1`) and HTTP/2 with prior
   knowledge (h2c, what gRPC speaks inside a cluster) stream by stream
-  (:func:`innerloop.agent.h2.serve_h2`): a request whose headers match an
+  (:func:`innerloop.router.h2.serve_h2`): a request whose headers match an
   attached personal intercept goes through that developer's tunnel, every
   other one to the *origin*, a shadow Service with the original selector;
 - anything else (other TCP) goes to the origin as raw bytes.
@@ -17,7 +17,7 @@ Developers reach the router through a port-forward to its control port
 (loopback only) and speak the protocol session of :mod:`innerloop.protocol`:
 JSON requests on stream 0, and one stream per intercepted connection that
 the router opens towards them. Registrations and their secrets live in
-:class:`innerloop.agent.intercepts.Registry`.
+:class:`innerloop.router.intercepts.Registry`.
 
 Fail-safe: a dropped tunnel only *detaches* its intercept (traffic goes to
 the origin at once; the same secret resumes it within the grace period).
@@ -41,17 +41,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-from innerloop.agent.h2 import serve_h2
-from innerloop.agent.http1 import BufferedConn, Conn, RequestHead, SocketConn, pipe, sniff
-from innerloop.agent.intercepts import MODES, InterceptRefused, Mode, Registry
-from innerloop.agent.kubeapi import InClusterApi, KubeError
-from innerloop.agent.log import log
-from innerloop.agent.match import HeaderRule
-from innerloop.agent.restore import restore_managed_fields, restore_selector, selector_of
-from innerloop.agent.routing import serve_http1
 from innerloop.protocol.frames import ProtocolError
 from innerloop.protocol.session import ControlChannel, Role, Session, SessionClosed, Stream, StreamReset
 from innerloop.protocol.transport import AsyncioByteStream
+from innerloop.router.h2 import serve_h2
+from innerloop.router.http1 import BufferedConn, Conn, RequestHead, SocketConn, pipe, sniff
+from innerloop.router.intercepts import MODES, InterceptRefused, Mode, Registry
+from innerloop.router.kubeapi import InClusterApi, KubeError
+from innerloop.router.log import log
+from innerloop.router.match import HeaderRule
+from innerloop.router.restore import restore_managed_fields, restore_selector, selector_of
+from innerloop.router.routing import serve_http1
 
 ORIGIN = "origin"
 FIELD_MANAGER = "innerloop-intercept"

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from innerloop.agent.http1 import (
+from innerloop.router.http1 import (
     MAX_HEAD,
     BufferedConn,
     HttpError,

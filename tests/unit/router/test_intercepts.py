@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from innerloop.agent.intercepts import InterceptRefused, Registry
-from innerloop.agent.match import HeaderRule
+from innerloop.router.intercepts import InterceptRefused, Registry
+from innerloop.router.match import HeaderRule
 
 SECRET_A = "a" * 32
 SECRET_B = "b" * 32

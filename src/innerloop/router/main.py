@@ -38,7 +38,7 @@ import json
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from innerloop.protocol.frames import ProtocolError
@@ -48,6 +48,7 @@ from innerloop.router.h2 import serve_h2
 from innerloop.router.http1 import BufferedConn, Conn, RequestHead, SocketConn, pipe, sniff
 from innerloop.router.intercepts import MODES, InterceptRefused, Mode, Registry
 from innerloop.router.kubeapi import InClusterApi, KubeError
+from innerloop.router.limits import Limits
 from innerloop.router.log import log
 from innerloop.router.match import HeaderRule
 from innerloop.router.restore import restore_managed_fields, restore_selector, selector_of
@@ -80,6 +81,7 @@ class RouterConfig:
     startup: float  # with no intercept ever registered, give up after this long
     settle: float  # after the restore, keep serving while kube-proxy moves new connections back
     drain: float  # then let open connections finish for at most this long
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RouterConfig:
@@ -98,6 +100,7 @@ class RouterConfig:
             startup=float(data.get("startup", 60.0)),
             settle=float(data.get("settle", 3.0)),
             drain=float(data.get("drain", 5.0)),
+            limits=Limits.from_json(data.get("limits")),
         )
 
 

@@ -26,7 +26,7 @@ demo: $(BIN)/.installed
 
 ## test: lint, type-check, start the bundled cluster if needed, run unit and end-to-end tests
 test: lint cluster-up
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=40 tests
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests

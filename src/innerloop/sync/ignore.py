@@ -70,6 +70,8 @@ from typing import Protocol
 
 from pathspec import GitIgnoreSpec
 
+from innerloop.sync.contained import is_relative_path
+
 GIT_DIR = ".git"
 GITIGNORE = ".gitignore"
 DOCKERIGNORE = ".dockerignore"
@@ -347,8 +349,8 @@ class SyncScope:
         return self._ignores_itself(path, is_dir=False)
 
     def covers(self, path: str) -> bool:
-        """Whether the file at ``path`` is synced by the rule."""
-        return not self.ignores(path)
+        """Whether the file at ``path`` is synced by the rule (never a path that could leave the root: ``../x``)."""
+        return is_relative_path(path) and not self.ignores(path)
 
     def prunes(self, folder: str) -> bool:
         """Whether nothing below ``folder`` can be covered, so a scan or a watch may skip it whole."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncB
 from innerloop.protocol.session import SessionClosed
 from innerloop.sync.ignore import SyncScope, load_scope
 from innerloop.sync.tree import Scanner, hash_file
-from innerloop.sync.twoway import concerned, conflict_name, is_conflict_copy, reconcile
+from innerloop.sync.twoway import HomeSide, concerned, conflict_name, is_conflict_copy, reconcile
 from innerloop.sync.watcher import FileWatch, WatchRoot
 
 if TYPE_CHECKING:
@@ -109,15 +108,6 @@ def covered_files(scanner: Scanner, root: SyncRoot) -> dict[str, str]:
     return {rel: state.sha256 for rel, state in tree.items() if not state.is_symlink and not is_conflict_copy(rel)}
 
 
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write a local file the way editors save: a temp file renamed over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.innerloop-tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(mode & 0o777)
-    os.replace(tmp, path)
-
-
 def steps_for(service: Service, changed: list[str]) -> list[list[str]]:
     """The ``onChange`` commands whose patterns match a changed path (pure)."""
     return [
@@ -158,6 +148,7 @@ class SyncSession:
             )
             for r in config.sync
         ]
+        self._homes = [HomeSide(r.local, report=report, service=service) for r in self.roots]
         self._scanner = Scanner()
         self._replicas: dict[str, Replica] = {}
         self._primary: str | None = None  # the replica two-way roots are pulled from
@@ -365,33 +356,32 @@ class SyncSession:
         for i, root in enumerate(self.roots):
             if not root.two_way:
                 continue
-            sent = replica.sent[i]
-            remote = {p: sha for p, sha in (await agent.tree(root.remote)).items() if root.scope.covers(p)}
+            sent, home = replica.sent[i], self._homes[i]  # home: the only way to local files (sync/twoway.py)
+            remote = {p: sha for p, sha in home.admit(await agent.tree(root.remote)).items() if root.scope.covers(p)}
             paths = concerned(remote, sent)
             if not paths:
                 continue
-            local = {p: hash_file(str(root.local / p)) if (root.local / p).is_file() else None for p in paths}
+            local = {p: home.sha256(p) for p in paths}
             for change in reconcile(remote=remote, sent=sent, local=local):
-                target = root.local / change.path
                 if change.kind == "adopt" and change.sha256:
                     sent[change.path] = change.sha256
                 elif change.kind == "download" and change.sha256:
                     data, mode = await agent.read(root.remote, change.path)
                     sent[change.path] = change.sha256  # first: the watcher's event then sends nothing here
-                    write_atomically(target, data, mode)
-                    self._report(f"{self._service}: {change.path} changed in the container: copied here")
+                    if home.write(change.path, data, mode):
+                        self._report(f"{self._service}: {change.path} changed in the container: copied here")
                 elif change.kind == "conflict" and change.sha256:
                     data, mode = await agent.read(root.remote, change.path)
-                    copy = root.local / conflict_name(change.path, change.sha256)
-                    write_atomically(copy, data, mode)
-                    self._mark_all({(i, change.path)})  # the local version wins in every container
-                    self._report(
-                        f"{self._service}: {change.path} changed on both sides: kept yours, "
-                        f"the container's is in {copy.relative_to(root.local)}"
-                    )
+                    copy = conflict_name(change.path, change.sha256)
+                    if home.write(copy, data, mode):
+                        self._mark_all({(i, change.path)})  # the local version wins in every container
+                        self._report(
+                            f"{self._service}: {change.path} changed on both sides: kept yours, "
+                            f"the container's is in {copy}"
+                        )
                 elif change.kind == "delete-local":
                     sent.pop(change.path, None)
-                    target.unlink(missing_ok=True)
+                    home.delete(change.path)
                     self._report(f"{self._service}: {change.path} was deleted in the container: deleted here")
                 elif change.kind == "push":
                     replica.mark({(i, change.path)})

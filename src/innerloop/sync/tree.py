@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from innerloop.sync.contained import through_symlink
 from innerloop.sync.ignore import PathFilter
 
 T = TypeVar("T")
@@ -218,8 +219,12 @@ class Scanner:
         that is gone takes its subtree with it.
         """
         base = os.fspath(root)
+        real_base = os.path.realpath(base)
         for path in paths:
             full = os.path.join(base, path)
+            if through_symlink(real_base, path):
+                self._forget(tree, path, full)  # not the root's file: a symlinked folder leads elsewhere
+                continue
             try:
                 info = os.lstat(full)
             except (FileNotFoundError, NotADirectoryError):

@@ -7,13 +7,25 @@ container changed comes back; a file both sides changed is a conflict and
 both copies are kept: the local one stays where it is (and is sent again),
 the container's is written next to it as ``<name>.innerloop-conflict-<sha8>``,
 which is never synced.
+
+The container's listing is not trusted (a compromised app, or a fake agent,
+names what it likes): :class:`HomeSide` admits only paths that
+``sync/contained.py`` accepts, with a sha256 that is 64 hex digits (it ends
+up in a conflict copy's name), and reaches local files only through
+:class:`~innerloop.sync.contained.LocalRoot`, so nothing is written, read or
+deleted outside the sync root or through a symlink. Each refused path is
+reported once per session, and the sync goes on for the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from innerloop.sync.contained import LocalRoot, UnsafePath
 
 CONFLICT_MARK = ".innerloop-conflict-"
 
@@ -25,6 +37,9 @@ class RemoteChange:
     kind: ActionKind
     path: str
     sha256: str | None = None  # the container's version, for adopt/download/conflict
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def conflict_name(path: str, sha256: str) -> str:
@@ -62,3 +77,58 @@ def reconcile(
 def concerned(remote: Mapping[str, str], sent: Mapping[str, str]) -> set[str]:
     """Paths whose local hash ``reconcile`` needs."""
     return {p for p, sha in remote.items() if sent.get(p) != sha} | (set(sent) - set(remote))
+
+
+class HomeSide:
+    """The developer's side of one two-way root: the container's listing checked, local files reached safely.
+
+    ``report`` gets one line per refused path (once per path: the listing is
+    pulled every half second) and per local write that failed.
+    """
+
+    def __init__(self, local: Path, *, report: Callable[[str], None], service: str) -> None:
+        self.files = LocalRoot(local)
+        self._report = report
+        self._service = service
+        self._refused: set[str] = set()
+
+    def admit(self, listing: Mapping[str, object]) -> dict[str, str]:
+        """The entries of the container's listing that may be used: safe paths with a real sha256."""
+        admitted: dict[str, str] = {}
+        for path, sha256 in listing.items():
+            try:
+                self.files.check(path)
+                if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+                    raise UnsafePath(f"{path!r} has no valid sha256")
+            except (UnsafePath, OSError) as err:
+                self.refuse(path, str(err))
+                continue
+            admitted[path] = sha256
+        return admitted
+
+    def refuse(self, path: str, reason: str) -> None:
+        if path not in self._refused:
+            self._refused.add(path)
+            self._report(f"{self._service}: refused {path!r} from the container: {reason}")
+
+    def sha256(self, path: str) -> str | None:
+        try:
+            return self.files.sha256(path)
+        except (UnsafePath, OSError) as err:
+            self.refuse(path, str(err))
+            return None
+
+    def write(self, path: str, data: bytes, mode: int) -> bool:
+        """Write a file the container changed; False (and one line) when it cannot be written safely."""
+        try:
+            self.files.write(path, data, mode)
+        except (UnsafePath, OSError) as err:
+            self._report(f"{self._service}: not copied here: {err}")
+            return False
+        return True
+
+    def delete(self, path: str) -> None:
+        try:
+            self.files.delete(path)
+        except (UnsafePath, OSError) as err:
+            self._report(f"{self._service}: not deleted here: {err}")

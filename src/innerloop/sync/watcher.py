@@ -53,6 +53,7 @@ from typing import Protocol, Self
 
 from watchfiles._rust_notify import RustNotify
 
+from innerloop.sync.contained import through_symlink
 from innerloop.sync.ignore import PathFilter
 from innerloop.sync.plan import Change, ChangeKind
 
@@ -391,6 +392,8 @@ class FileWatch:
     def _sort(self, raw: set[tuple[int, str]]) -> dict[Path, list[Change]]:
         out: dict[Path, list[Change]] = {}
         roots = [(os.fspath(path), path, root.scope) for path, root in self._roots.items()]
+        real_roots = {root_text: os.path.realpath(root_text) for root_text, _, _ in roots}
+        linked: dict[str, dict[str, bool]] = {root_text: {} for root_text, _, _ in roots}
         for code, path in sorted(raw, key=lambda item: (item[1], item[0])):
             kind = _KINDS.get(code)
             if kind is None:
@@ -400,8 +403,8 @@ class FileWatch:
                 continue  # a folder's own metadata: its files' events carry the content
             for root_text, root_path, scope in roots:
                 relative = _relative(path, root_text)
-                if relative is None:
-                    continue
+                if relative is None or through_symlink(real_roots[root_text], relative, seen=linked[root_text]):
+                    continue  # outside, or below a symlinked folder: not the root's file
                 if scope is None:
                     if ".git" in relative.split("/"):
                         continue

@@ -385,3 +385,22 @@ def test_rust_notify_is_native_here(tmp_path: Path) -> None:
         assert repr(notify).startswith("RustNotify(Recommended") or repr(notify).startswith("RustNotify(Inotify")
     finally:
         notify.close()
+
+
+def test_a_change_below_a_symlinked_folder_that_leaves_the_root_is_not_the_roots(tmp_path: Path) -> None:
+    """Attack: a cloned repository holds ``keys -> ~/.ssh``; notify follows the link, and a change there (ssh
+    updating known_hosts) arrived as ``keys/known_hosts``, which the sync then uploaded into the pod."""
+    root = tmp_path / "root"
+    root.mkdir()
+    elsewhere = tmp_path / "ssh"
+    elsewhere.mkdir()
+    (root / "keys").symlink_to(elsewhere, target_is_directory=True)
+
+    async def scenario() -> list[Batch]:
+        async with FileWatch([WatchRoot(root)]) as watch:
+            (elsewhere / "known_hosts").write_text("x")
+            (root / "a.py").write_text("x")
+            return [await next_batch(watch), *await quiet(watch, 0.3)]
+
+    batches = run(scenario())
+    assert {c for b in batches for c in changes_of(b, root)} == {(ADDED, "a.py")}

@@ -94,7 +94,7 @@ def _describe(rules: Sequence[HeaderRule]) -> str:
     "headers",
     multiple=True,
     help=f"Personal: route only matching requests. NAME=VALUE, NAME^=PREFIX, NAME~=REGEX, baggage[MEMBER]=VALUE; "
-    f"repeat to require all (default: {DEFAULT_HEADER}=$USER).",
+    f"repeat to require all (default: {DEFAULT_HEADER}=$USER-<random>, the same on every run).",
 )
 @click.option("--global", "global_mode", is_flag=True, help="Take all traffic of the port(s), any protocol.")
 @click.option("--name", help="Intercept name (default: $USER plus a random suffix).")

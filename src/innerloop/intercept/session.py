@@ -4,7 +4,8 @@
    and loaded into the cluster;
 2. the Service's router is started or joined (:mod:`innerloop.intercept.cluster`);
 3. the intercept is registered with a fresh secret, kept on disk (0600)
-   so ``innerloop leave`` from another terminal can end it;
+   so ``innerloop leave`` from another terminal can end it, and with the
+   developer's identity (:class:`DeveloperKey`);
 4. the optional local command starts with the target pod's env, ConfigMaps
    and Secrets (:mod:`innerloop.connect.run`);
 5. the tunnel carries the intercepted traffic until Ctrl+C, SIGTERM, the
@@ -18,8 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import hashlib
+import hmac
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -54,7 +58,61 @@ def owner() -> str:
 
 
 def default_rules() -> list[HeaderRule]:
-    return [HeaderRule(header=DEFAULT_HEADER, op="exact", value=whoami())]
+    """``x-innerloop-user=<user>-<16 hex digits>``: readable, the same on every run, and not guessable."""
+    return [HeaderRule(header=DEFAULT_HEADER, op="exact", value=DeveloperKey.load().header_value)]
+
+
+@dataclass(frozen=True)
+class DeveloperKey:
+    """This user's random key (``identity.json`` in the state folder, 0600), created on first use.
+
+    A personal intercept's default header value is derived from it: the user
+    name for people, plus 64 random bits, so a teammate cannot register it
+    before you do (with ``$USER`` alone they could, and get your requests),
+    and stable across runs, so a browser extension or a bookmarked preview
+    keeps working. One value per user rather than per Service: one header
+    then reaches every intercepted Service along a call chain. The router
+    gets a second derivation, the *identity*, which tells it that a new
+    registration comes from the same developer as a detached one (a crashed
+    CLI), never the key itself. Kept in the user's state folder, not in the
+    project's ``.innerloop/``: a cloned repository must not be able to
+    choose a developer's value.
+    """
+
+    key: str
+
+    @classmethod
+    def load(cls) -> DeveloperKey:
+        path = state_dir().parent / "identity.json"
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as file:
+                json.dump({"key": secrets.token_urlsafe(32)}, file)
+        try:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            key = json.loads(path.read_text())["key"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is unreadable ({err}): delete it; the next intercept makes a new one") from None
+        if not isinstance(key, str) or len(key) < 32:
+            raise ValueError(f"{path} holds no usable key: delete it; the next intercept makes a new one")
+        return cls(key)
+
+    def _derive(self, purpose: str) -> str:
+        return hmac.new(self.key.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+    @property
+    def header_value(self) -> str:
+        label = re.sub(r"[^A-Za-z0-9._-]", "", whoami())[:32] or "dev"
+        return f"{label}-{self._derive(DEFAULT_HEADER)[:16]}"
+
+    @property
+    def identity(self) -> str:
+        return self._derive("router identity")
 
 
 def state_dir() -> Path:
@@ -151,6 +209,7 @@ def _tunnel(target: Target, request: InterceptRequest, info: RouterInfo, report:
         mode=request.mode,
         rules=list(request.rules),
         ports=sorted(ports),
+        identity=DeveloperKey.load().identity,
     )
     save_secret(request.namespace, request.service, registration)
 

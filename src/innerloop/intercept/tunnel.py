@@ -12,12 +12,23 @@ traffic; this end reconnects with backoff and *resumes* with the same secret
 (``resume: true`` refuses to create a new intercept, so one that was ended
 meanwhile stays ended). Past the grace period the router has forgotten it
 and the tunnel ends with a message saying so.
+
+The router keeps its registry in memory, so a router pod that is deleted,
+OOM-killed or rescheduled comes back knowing no intercept. Each answer names
+the router process (``router``, random per start): a resume refused as
+unknown by a *different* process than the one that took the registration
+means the router restarted, and this end registers again with the same
+name, secret and rules (the new router's ``startup`` window waits for the
+CLIs; the Service still selects the router's pods). Refused by the same
+process, the intercept really ended (``leave`` from another terminal, or
+expired), and stays ended.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,9 +66,11 @@ class Registration:
     mode: Mode
     rules: Sequence[HeaderRule]
     ports: Sequence[int]
+    identity: str | None = field(default=None, repr=False)  # the developer's (intercept/session.py)
 
     def message(self, *, resume: bool) -> dict[str, Any]:
-        return {
+        extra = {"identity": self.identity} if self.identity is not None else {}
+        return extra | {
             "op": "intercept",
             "name": self.name,
             "secret": self.secret,
@@ -134,6 +147,7 @@ class InterceptTunnel:
         dial: Dial,
         report: Report,
         grace: float,
+        open_router: Callable[[], Awaitable[RouterSession]] | None = None,
     ) -> None:
         self._conn = conn
         self._namespace = namespace
@@ -148,16 +162,37 @@ class InterceptTunnel:
         self._current: RouterSession | None = None
         self._carrying: set[asyncio.Task[Any]] = set()
         self._leaving = False
+        # How to reach the router: a port-forward to its pod; replaceable in tests (a socket).
+        self._open = open_router or functools.partial(RouterSession.open, conn, namespace=namespace, service=service)
+
+    async def _register(
+        self, router: RouterSession, *, resume: bool, instance: str | None
+    ) -> tuple[dict[str, Any], bool]:
+        """Register or resume: the answer, and whether the router had restarted (a resume refused as
+        unknown by a router process other than ``instance``, the one that took the registration):
+        then it registers again."""
+        answer = await router.request(self.registration.message(resume=resume))
+        restarted = (
+            resume
+            and answer.get("op") == "denied"
+            and answer.get("code") == "unknown"
+            and answer.get("router") is not None
+            and answer.get("router") != instance
+        )
+        if not restarted:
+            return answer, False
+        return await router.request(self.registration.message(resume=False)), True
 
     async def run(self) -> None:
         """Register, then serve and reconnect until cancelled; raises InterceptDenied/InterceptEnded."""
         resume = False
+        instance: str | None = None  # the router process that holds the registration
         lost_at: float | None = None
         delay = 0.05
         first_deadline = time.monotonic() + 60  # a router pod that is still starting does not listen yet
         while True:
             try:
-                router = await RouterSession.open(self._conn, namespace=self._namespace, service=self._service)
+                router = await self._open()
             except (StreamError, OSError, InterceptEnded, ProtocolError, SessionClosed) as err:
                 if not resume and time.monotonic() > first_deadline:
                     raise InterceptDenied(f"cannot reach the router of {self._service}: {err}") from err
@@ -165,7 +200,7 @@ class InterceptTunnel:
                 error = str(err)
             if router is not None:
                 try:
-                    answer = await router.request(self.registration.message(resume=resume))
+                    answer, restarted = await self._register(router, resume=resume, instance=instance)
                 except (TimeoutError, SessionClosed, ProtocolError, ConnectionError) as err:
                     await router.close("no answer")
                     router, error = None, f"no answer from the router: {err}"
@@ -173,12 +208,20 @@ class InterceptTunnel:
                     if answer.get("op") != "intercepting":
                         await router.close("denied")
                         reason = str(answer.get("reason", answer))
+                        if restarted:
+                            raise InterceptEnded(f"the router restarted and refused to register it again: {reason}")
                         if resume:
                             raise InterceptEnded(f"the intercept ended while disconnected: {reason}")
                         raise InterceptDenied(reason)
             if router is not None:
-                if resume:
+                if restarted:
+                    self._report(
+                        f"the router of {self._service} restarted without its intercepts;"
+                        f" {self.registration.name} registered again"
+                    )
+                elif resume:
                     self._report(f"tunnel back; intercept {self.registration.name} resumed")
+                instance = str(answer["router"]) if answer.get("router") is not None else instance
                 self._current = router
                 self.ready.set()
                 resume, lost_at, delay = True, None, 0.2
@@ -255,7 +298,7 @@ class InterceptTunnel:
         opened = False
         try:
             if router is None or router.session.closed:
-                router = await RouterSession.open(self._conn, namespace=self._namespace, service=self._service)
+                router = await self._open()
                 opened = True
             answer = await router.request(
                 {"op": "leave", "name": self.registration.name, "secret": self.registration.secret}

@@ -13,9 +13,19 @@ holder may come back with the same secret and resume. After that the
 intercept expires. When none are left the router restores the Service and
 removes itself (:mod:`innerloop.router.main`).
 
-Routing is first-registered-wins: a later personal intercept whose rules
-overlap an earlier one's cannot steal the earlier one's requests, and one
-with the very same rules is refused outright.
+Two developers never share a header value: a personal intercept whose
+rules could match the same requests as another developer's (the same header
+or baggage member, and conditions one value can meet: see
+:func:`innerloop.router.match.rules_collide`) is refused to whoever comes
+second, whether the first one is attached or detached within its grace.
+Rules on different headers may coexist; a request crafted to match two
+developers' intercepts goes to neither (the cluster's pods), so an early,
+broad rule on another header cannot take a later developer's requests.
+A *developer* is an ``identity`` (a secret the CLI keeps for its user, sent
+only as proof): the same developer registering again, after a crash that
+left a detached intercept, replaces it instead of colliding with it.
+This is routing, not access control: anyone who can reach the Service can
+send any header.
 
 Standard library only (it runs in the agent image); no I/O, no clock: every
 call that depends on time takes ``now``.
@@ -29,14 +39,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from innerloop.router.match import HeaderRule, matches, rules_overlap_exactly
+from innerloop.router.match import HeaderRule, matches, rules_collide
 
 Mode = Literal["global", "personal"]
 MODES: tuple[Mode, ...] = ("global", "personal")
 
 
+RefusalCode = Literal["denied", "unknown", "collision"]
+
+
 class InterceptRefused(ValueError):
-    """A registration or a request about an intercept that the registry refuses; the message says why."""
+    """A registration or a request about an intercept that the registry refuses; the message says why.
+
+    ``code`` tells a CLI what it may do next: ``unknown`` (a resume of an intercept this registry does not
+    hold), ``collision`` (another developer's rules claim these requests), ``denied`` (anything else).
+    """
+
+    def __init__(self, message: str, *, code: RefusalCode = "denied") -> None:
+        super().__init__(message)
+        self.code: RefusalCode = code
 
 
 def secret_digest(secret: str) -> bytes:
@@ -51,6 +72,7 @@ class Intercept:
     rules: list[HeaderRule]
     ports: list[int]  # Service ports it covers; empty: all of them
     digest: bytes = field(repr=False)
+    identity: bytes | None = field(default=None, repr=False)  # the developer's identity digest, if sent
     registered_at: float
     detached_since: float | None = None  # None: a tunnel is attached
 
@@ -61,13 +83,17 @@ class Intercept:
     def covers(self, port: int) -> bool:
         return not self.ports or port in self.ports
 
-    def describe(self) -> dict[str, object]:
-        """What anyone may see of it: no secret."""
+    def describe(self, *, values: bool = False) -> dict[str, object]:
+        """What anyone may see of it: no secret, and header values only for ``values`` (its holder):
+        a default value is unguessable so that nobody can claim it first, so it is not listed either."""
+        rules = [rule.to_dict() for rule in self.rules]
+        if not values:
+            rules = [{**rule, "value": "(hidden)"} for rule in rules]
         return {
             "name": self.name,
             "owner": self.owner,
             "mode": self.mode,
-            "rules": [rule.to_dict() for rule in self.rules],
+            "rules": rules,
             "ports": list(self.ports),
             "attached": self.attached,
         }
@@ -101,16 +127,21 @@ class Registry:
         ports: Sequence[int],
         now: float,
         resume: bool = False,
+        identity: str | None = None,
     ) -> tuple[Intercept, bool]:
         """Register ``name`` or resume it (same secret). Returns the intercept and whether it resumed.
 
-        ``resume=True`` only resumes: an intercept that ended meanwhile is not silently created anew.
+        ``resume=True`` only resumes: an intercept that ended meanwhile is not silently created anew
+        (refused with code ``unknown``). ``identity`` is the developer's: see the module docstring.
         """
         if not name or len(name) > 128:
             raise InterceptRefused("an intercept needs a name of 1 to 128 characters")
         if len(secret) < 16:
             raise InterceptRefused("an intercept secret must be at least 16 characters")
+        if identity is not None and len(identity) < 16:
+            raise InterceptRefused("a developer identity must be at least 16 characters")
         digest = secret_digest(secret)
+        who = secret_digest(identity) if identity is not None else None
         existing = self._intercepts.get(name)
         if existing is not None:
             if not hmac.compare_digest(existing.digest, digest):
@@ -118,14 +149,21 @@ class Registry:
             existing.detached_since = None
             return existing, True
         if resume:
-            raise InterceptRefused(f"intercept {name!r} no longer exists: it ended while its tunnel was down")
+            raise InterceptRefused(
+                f"intercept {name!r} no longer exists: it ended while its tunnel was down", code="unknown"
+            )
         if mode not in MODES:
             raise InterceptRefused(f"unknown intercept mode {mode!r}; expected global or personal")
         if mode == "personal" and not rules:
             raise InterceptRefused("a personal intercept needs at least one header rule")
+        replaced: list[str] = []
         for other in self._intercepts.values():
             shared = not other.ports or not ports or bool(set(other.ports) & set(ports))
             if not shared:
+                continue
+            mine = who is not None and other.identity is not None and hmac.compare_digest(other.identity, who)
+            if mine and not other.attached:
+                replaced.append(other.name)  # the same developer again, after a crash: the new one replaces it
                 continue
             if other.mode == "global":
                 raise InterceptRefused(
@@ -137,11 +175,18 @@ class Registry:
                     f"{other.owner} holds a personal intercept ({other.name!r}) on this port; "
                     "a global intercept would take their traffic: use a personal one (--header)"
                 )
-            if rules_overlap_exactly(other.rules, rules):
+            if rules_collide(other.rules, rules):
+                targets = sorted({r.describe_target() for r in rules} & {r.describe_target() for r in other.rules})
+                headers = ", ".join(targets) or "these headers"
+                whose = "you already intercept" if mine else f"{other.owner} already intercepts"
                 raise InterceptRefused(
-                    f"{other.owner} already intercepts requests with these very headers ({other.name!r}); "
-                    "choose another header value"
+                    f"{whose} requests with {headers} values that yours would match ({other.name!r}); "
+                    f"pick another value (--header {targets[0] if targets else 'NAME'}=...) or another header, "
+                    "or drop --header for your own default",
+                    code="collision",
                 )
+        for stale in replaced:
+            del self._intercepts[stale]
         intercept = Intercept(
             name=name,
             owner=owner,
@@ -149,6 +194,7 @@ class Registry:
             rules=list(rules),
             ports=sorted(set(ports)),
             digest=digest,
+            identity=who,
             registered_at=now,
         )
         self._intercepts[name] = intercept
@@ -203,7 +249,12 @@ class Registry:
         return any(i.mode == "personal" and i.covers(port) for i in self._intercepts.values())
 
     def personal_for(self, port: int, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-        """The first attached personal intercept whose rules match the request, if any."""
+        """The attached personal intercept whose rules match the request, if exactly one does.
+
+        A request that matches two intercepts (rules on different headers, and a request carrying
+        both) goes to neither: whichever registered first must not take requests meant for the other.
+        """
+        found: str | None = None
         for intercept in self._intercepts.values():
             if (
                 intercept.mode == "personal"
@@ -211,5 +262,7 @@ class Registry:
                 and intercept.covers(port)
                 and matches(intercept.rules, headers)
             ):
-                return intercept.name
-        return None
+                if found is not None:
+                    return None
+                found = intercept.name
+        return found

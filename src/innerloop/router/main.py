@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -137,6 +138,9 @@ class Router:
         self.config = config
         self.api = api or InClusterApi()
         self.registry = Registry(grace=config.grace)
+        # Which process this is: a CLI whose resume is refused as unknown by a *new* instance (the pod
+        # was deleted, OOM-killed, rescheduled) registers again; by the same one, its intercept ended.
+        self.instance = secrets.token_hex(8)
         self.started = time.monotonic()
         self._tunnels: dict[str, Session] = {}  # intercept name -> the session holding it
         self._connections: set[asyncio.Task[None]] = set()
@@ -293,13 +297,15 @@ class Router:
                     "op": "intercepts",
                     "id": request_id,
                     "service": self.config.service,
-                    "items": [i.describe() for i in self.registry.all()],
+                    "items": [i.describe(values=i.name in held) for i in self.registry.all()],
                     "stats": dict(self.stats),
                     "shuttingDown": self.shutting_down,
                 }
             return {"op": "error", "id": request_id, "reason": f"unknown op {op!r}"}
-        except (InterceptRefused, ValueError, TypeError, KeyError) as err:
-            return {"op": "denied", "id": request_id, "reason": str(err)}
+        except InterceptRefused as err:
+            return {"op": "denied", "id": request_id, "reason": str(err), "code": err.code, "router": self.instance}
+        except (ValueError, TypeError, KeyError) as err:
+            return {"op": "denied", "id": request_id, "reason": str(err), "code": "denied", "router": self.instance}
 
     def _intercept(self, session: Session, held: set[str], message: dict[str, Any]) -> dict[str, Any]:
         if self.shutting_down:
@@ -323,6 +329,7 @@ class Router:
             ports=ports,
             now=time.monotonic(),
             resume=bool(message.get("resume")),
+            identity=str(message["identity"]) if message.get("identity") is not None else None,
         )
         previous = self._tunnels.get(name)
         self._tunnels[name] = session
@@ -330,7 +337,13 @@ class Router:
         if previous is not None and previous is not session:
             self._spawn(previous.close("the intercept resumed on another connection"))
         log(f"{name}: {'resumed' if resumed else 'registered'} by {intercept.owner} ({intercept.mode})")
-        return {"op": "intercepting", "name": name, "resumed": resumed, "service": self.config.service}
+        return {
+            "op": "intercepting",
+            "name": name,
+            "resumed": resumed,
+            "service": self.config.service,
+            "router": self.instance,
+        }
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -207,6 +207,63 @@ def matches(rules: Sequence[HeaderRule], headers: Sequence[tuple[bytes, bytes]])
     return all(_rule_matches(rule, headers) for rule in rules)
 
 
-def rules_overlap_exactly(a: Sequence[HeaderRule], b: Sequence[HeaderRule]) -> bool:
-    """Whether two rule lists are the same set of conditions (a second developer claiming the very same match)."""
-    return set(a) == set(b)
+def _one_value_matches_both(a: HeaderRule, b: HeaderRule) -> bool:
+    """Whether one header value (or one baggage member's value) could satisfy both rules.
+
+    Exact against anything is decided by testing the exact value; two
+    prefixes overlap when one starts with the other. A regex against a
+    prefix or another regex is assumed to overlap: whether two patterns can
+    never match one value is not something to guess at on a developer's behalf.
+    """
+    if a.op == "exact":
+        return b.matches_value(a._value)
+    if b.op == "exact":
+        return a.matches_value(b._value)
+    if a.op == "prefix" and b.op == "prefix":
+        return a._value.startswith(b._value) or b._value.startswith(a._value)
+    return True
+
+
+def _raw_baggage_meets_member(raw: HeaderRule, member: HeaderRule) -> bool:
+    """A rule on the whole ``baggage`` header against one on a member of it: could one header satisfy both?"""
+    if raw.op != "exact":
+        return True  # a prefix or a pattern can be followed by any member
+    return any(key == member.baggage_member and member.matches_value(value) for key, value in parse_baggage(raw._value))
+
+
+def _rules_meet(a: HeaderRule, b: HeaderRule) -> bool:
+    """Whether one request carrying a single value per header could satisfy both rules.
+
+    Rules on different headers never meet here (a request can carry both,
+    which :func:`rules_collide` leaves to the router's routing: a request
+    matching two developers' intercepts goes to neither). Header names are
+    compared without case, baggage members exactly (W3C keys are
+    case-sensitive), and a rule on the raw ``baggage`` header meets a
+    member rule when one baggage header could satisfy both.
+    """
+    if a.header != b.header:
+        return False
+    if a.baggage_member == b.baggage_member:
+        return _one_value_matches_both(a, b)
+    if a.baggage_member is None:
+        return _raw_baggage_meets_member(a, b)
+    if b.baggage_member is None:
+        return _raw_baggage_meets_member(b, a)
+    return False  # two different members of one baggage header
+
+
+def rules_collide(a: Sequence[HeaderRule], b: Sequence[HeaderRule]) -> bool:
+    """Whether two developers' rule lists claim the same requests: they look at a common header (or
+    baggage member) and every such pair of conditions can be met by one value.
+
+    Rule lists on disjoint headers do not collide: ``x-dev=alice`` and
+    ``baggage[dev]=bob`` coexist, and a request crafted to carry both is
+    routed to neither (:meth:`innerloop.router.intercepts.Registry.personal_for`).
+    """
+    related = [(x, y) for x in a for y in b if x.header == y.header and not _other_members(x, y)]
+    return bool(related) and all(_rules_meet(x, y) for x, y in related)
+
+
+def _other_members(a: HeaderRule, b: HeaderRule) -> bool:
+    """Two rules on different members of a baggage header: they look at different things."""
+    return a.baggage_member is not None and b.baggage_member is not None and a.baggage_member != b.baggage_member

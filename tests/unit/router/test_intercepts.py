@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from innerloop.router.intercepts import InterceptRefused, Registry
-from innerloop.router.match import HeaderRule
+from innerloop.router.match import HeaderRule, Op
 
 SECRET_A = "a" * 32
 SECRET_B = "b" * 32
 
 
-def rule(value: str, header: str = "x-dev") -> HeaderRule:
-    return HeaderRule(header=header, op="exact", value=value)
+def rule(value: str, header: str = "x-dev", op: Op = "exact") -> HeaderRule:
+    return HeaderRule(header=header, op=op, value=value)
 
 
 def hdrs(**values: str) -> list[tuple[bytes, bytes]]:
@@ -35,20 +35,72 @@ def test_personal_intercepts_each_get_their_own_requests() -> None:
     assert reg.has_personal(80)
 
 
-def test_the_first_registered_wins_when_rules_overlap() -> None:
+def test_a_rule_that_would_catch_another_developers_requests_is_refused_to_whoever_comes_second() -> None:
+    """The attack: mallory registers a prefix (or a pattern) that alice's value matches; first-registered-wins
+    gave mallory alice's requests when mallory came first, and pat's `al` prefix every `al...` after alice's."""
     reg = registry()
-    prefix = HeaderRule(header="x-dev", op="prefix", value="al")
+    reg.register(name="m", secret=SECRET_B, owner="mallory", mode="personal", rules=[rule("al", op="prefix")],
+                 ports=[], now=0)  # fmt: skip
+    with pytest.raises(InterceptRefused, match=r"mallory already intercepts requests with x-dev values") as err:
+        reg.register(name="a", secret=SECRET_A, owner="alice", mode="personal", rules=[rule("alice")], ports=[], now=1)
+    assert err.value.code == "collision"
+    assert "--header x-dev=" in str(err.value)
+    assert "^=al" not in str(err.value)  # mallory's rule is not shown
+
+    reg = registry()
     reg.register(name="a", secret=SECRET_A, owner="alice", mode="personal", rules=[rule("alice")], ports=[], now=0)
-    reg.register(name="p", secret=SECRET_B, owner="pat", mode="personal", rules=[prefix], ports=[], now=1)
+    for broad in (
+        rule("al", op="prefix"),
+        rule(".*", op="regex"),
+        HeaderRule(header="X-DEV", op="exact", value="alice"),
+    ):
+        with pytest.raises(InterceptRefused, match="alice already intercepts"):
+            reg.register(name="m", secret=SECRET_B, owner="mallory", mode="personal", rules=[broad], ports=[], now=1)
     assert reg.personal_for(80, hdrs(x_dev="alice")) == "a"
-    assert reg.personal_for(80, hdrs(x_dev="alfred")) == "p"
 
 
-def test_the_very_same_rules_are_refused_to_a_second_developer() -> None:
+def test_the_very_same_rules_are_refused_to_a_second_developer_even_while_the_first_is_detached() -> None:
+    """The attack: alice's laptop sleeps (her intercept is detached, within its grace) and mallory registers
+    alice's value meanwhile: alice's resume would then find her requests gone to mallory."""
     reg = registry()
     reg.register(name="a", secret=SECRET_A, owner="alice", mode="personal", rules=[rule("alice")], ports=[], now=0)
-    with pytest.raises(InterceptRefused, match="already intercepts requests with these very headers"):
-        reg.register(name="b", secret=SECRET_B, owner="bob", mode="personal", rules=[rule("alice")], ports=[], now=0)
+    reg.detach("a", now=1)
+    with pytest.raises(InterceptRefused, match="alice already intercepts"):
+        reg.register(name="b", secret=SECRET_B, owner="bob", mode="personal", rules=[rule("alice")], ports=[], now=2)
+    # Once it expired, the value is free.
+    reg.expire(now=20)
+    reg.register(name="b", secret=SECRET_B, owner="bob", mode="personal", rules=[rule("alice")], ports=[], now=21)
+
+
+def test_the_same_developer_replaces_a_detached_intercept_of_theirs_but_not_an_attached_one() -> None:
+    reg = registry()
+    me = "i" * 64
+    reg.register(name="a1", secret=SECRET_A, owner="alice", mode="personal", rules=[rule("alice")], ports=[], now=0,
+                 identity=me)  # fmt: skip
+    with pytest.raises(InterceptRefused, match="you already intercept requests with x-dev"):
+        reg.register(name="a2", secret=SECRET_B, owner="alice", mode="personal", rules=[rule("alice")], ports=[],
+                     now=1, identity=me)  # fmt: skip
+    with pytest.raises(InterceptRefused, match="alice already intercepts"):  # another identity is another developer
+        reg.register(name="a2", secret=SECRET_B, owner="alice", mode="personal", rules=[rule("alice")], ports=[],
+                     now=1, identity="j" * 64)  # fmt: skip
+    reg.detach("a1", now=2)  # the CLI crashed; the developer starts it again at once
+    reg.register(name="a2", secret=SECRET_B, owner="alice", mode="personal", rules=[rule("alice")], ports=[], now=3,
+                 identity=me)  # fmt: skip
+    assert [i.name for i in reg.all()] == ["a2"]
+    assert reg.personal_for(80, hdrs(x_dev="alice")) == "a2"
+
+
+def test_a_request_matching_two_developers_intercepts_goes_to_neither() -> None:
+    """The attack: mallory registers first a rule on a header every request carries (`host~=.*`); with
+    first-registered-wins, alice's later intercept on her own header never saw a request."""
+    reg = registry()
+    reg.register(name="m", secret=SECRET_B, owner="mallory", mode="personal", rules=[rule(".*", "host", "regex")],
+                 ports=[], now=0)  # fmt: skip
+    reg.register(name="a", secret=SECRET_A, owner="alice", mode="personal", rules=[rule("alice-1f2e")], ports=[], now=1)
+    assert reg.personal_for(80, hdrs(host="shop", x_dev="alice-1f2e")) is None  # the cluster's pods
+    assert reg.personal_for(80, hdrs(x_dev="alice-1f2e")) == "a"
+    reg.detach("m", now=2)  # a detached intercept takes nothing, so it decides nothing either
+    assert reg.personal_for(80, hdrs(host="shop", x_dev="alice-1f2e")) == "a"
 
 
 def test_global_excludes_every_other_intercept_on_its_ports() -> None:
@@ -106,8 +158,9 @@ def test_a_detached_intercept_sends_its_traffic_to_the_cluster_then_expires() ->
     reg.detach("a", now=20)
     assert [i.name for i in reg.expire(now=30)] == ["a"]
     assert reg.empty_since == 30
-    with pytest.raises(InterceptRefused, match="no longer exists"):
+    with pytest.raises(InterceptRefused, match="no longer exists") as err:
         reg.register(name="a", secret=SECRET_A, owner="alice", mode="personal", rules=[], ports=[], now=31, resume=True)
+    assert err.value.code == "unknown"  # what a CLI checks (with the router's instance) to register again
 
 
 def test_describe_never_shows_the_secret() -> None:
@@ -117,6 +170,9 @@ def test_describe_never_shows_the_secret() -> None:
     )
     shown = intercept.describe()
     assert SECRET_A not in repr(shown)
-    assert shown["rules"] == [rule("alice").to_dict()]
+    # Nor the value: listing the router's intercepts must not hand out a value to claim elsewhere first.
+    assert "alice" not in repr(shown["rules"])
+    assert shown["rules"] == [{"header": "x-dev", "op": "exact", "value": "(hidden)"}]
+    assert intercept.describe(values=True)["rules"] == [rule("alice").to_dict()]
     assert shown["attached"] is True
     assert "digest" not in shown

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from innerloop.router.match import HeaderRule, matches, parse_baggage, parse_rule, rules_overlap_exactly
+from innerloop.router.match import HeaderRule, matches, parse_baggage, parse_rule, rules_collide
 
 # -- parse_rule ----------------------------------------------------------------
 
@@ -191,11 +191,51 @@ def test_baggage_member_and_header_rules_combine() -> None:
 # -- overlap -----------------------------------------------------------------------
 
 
-def test_rules_overlap_exactly() -> None:
-    a = [parse_rule("x-dev=alice"), parse_rule("baggage[t]^=eu")]
-    assert rules_overlap_exactly(a, [parse_rule("baggage[t]^=eu"), parse_rule("X-Dev=alice")])
-    assert not rules_overlap_exactly(a, [parse_rule("x-dev=alice")])
-    assert not rules_overlap_exactly([parse_rule("x-dev=alice")], [parse_rule("x-dev^=alice")])
-    assert not rules_overlap_exactly([parse_rule("x-dev=alice")], [parse_rule("x-dev=bob")])
-    assert not rules_overlap_exactly([parse_rule("baggage[u]=a")], [parse_rule("baggage[v]=a")])
+def _collide(a: list[str], b: list[str]) -> bool:
+    """Collision is symmetric: checked both ways every time."""
+    left, right = [parse_rule(t) for t in a], [parse_rule(t) for t in b]
+    assert rules_collide(left, right) == rules_collide(right, left)
+    return rules_collide(left, right)
+
+
+def test_the_same_value_on_the_same_header_collides_whatever_the_case_of_its_name() -> None:
+    """The attack: a teammate registers alice's very header value (or a broader rule catching it); before
+    this only the very same rule list was refused, so `X-Dev^=al` or `x-dev~=.*` took alice's requests."""
+    assert _collide(["x-dev=alice"], ["X-DEV=alice"])
+    assert _collide(["x-dev=alice", "baggage[t]^=eu"], ["baggage[t]^=eu", "X-Dev=alice"])
+    assert _collide(["x-dev=alice"], ["x-dev^=al"])
+    assert _collide(["x-dev=alice"], ["x-dev^="])
+    assert _collide(["x-dev=alice"], ["x-dev~=.*"])
+    assert _collide(["x-dev=alice"], ["x-dev~=a.*e"])
+    assert _collide(["x-dev^=al"], ["x-dev^=alice"])
+    # A broader list still collides: every request of the narrower one matches it.
+    assert _collide(["x-dev=alice", "x-canary=1"], ["x-dev=alice"])
+    # Patterns against anything but an exact value are assumed to meet: not provably disjoint.
+    assert _collide(["x-dev~=al.*"], ["x-dev~=bo.*"])
+    assert _collide(["x-dev~=al.*"], ["x-dev^=bo"])
+
+
+def test_values_that_no_single_request_can_carry_together_do_not_collide() -> None:
+    assert not _collide(["x-dev=alice"], ["x-dev=bob"])
+    assert not _collide(["x-dev=alice"], ["x-dev=Alice"])  # values are compared exactly
+    assert not _collide(["x-dev=alice"], ["x-dev^=bo"])
+    assert not _collide(["x-dev=alice"], ["x-dev~=bob|carol"])
+    assert not _collide(["x-dev^=al"], ["x-dev^=bo"])
+    assert not _collide(["x-dev=alice", "x-canary=1"], ["x-dev=alice", "x-canary=2"])
+    # Different headers (or baggage members) look at different things: they coexist.
+    assert not _collide(["x-dev=alice"], ["baggage[dev]=alice"])
+    assert not _collide(["x-dev=alice"], ["x-user=alice"])
+    assert not _collide(["baggage[u]=a"], ["baggage[v]=a"])
+    assert not _collide(["baggage[dev]=a"], ["baggage[Dev]=a"])  # W3C baggage keys are case-sensitive
+
+
+def test_a_baggage_member_collides_with_a_rule_on_the_whole_baggage_header_that_can_carry_it() -> None:
+    assert _collide(["baggage[dev]=bob"], ["baggage[dev]=bob"])
+    assert _collide(["baggage[dev]=bob"], ["BAGGAGE[dev]^=b"])
+    assert _collide(["baggage[dev]=bob"], ["baggage=tenant=acme, dev=bob;ttl=5"])
+    assert _collide(["baggage[dev]=jörg"], ["baggage=dev=j%C3%B6rg"])
+    assert _collide(["baggage[dev]=bob"], ["baggage^=tenant=acme"])  # a prefix can be followed by dev=bob
+    assert _collide(["baggage[dev]=bob"], ["baggage~=.*"])
+    assert not _collide(["baggage[dev]=bob"], ["baggage=dev=alice"])
+    assert not _collide(["baggage[dev]=bob"], ["baggage=devx=bob"])
     assert len({parse_rule("x~=a+"), parse_rule("X~=a+")}) == 1

@@ -56,10 +56,21 @@ from innerloop.protocol.messages import (
     decode_message,
     encode_message,
 )
-from innerloop.protocol.session import ControlChannel, Role, Session, SessionClosed, Stream, StreamReset
+from innerloop.protocol.session import (
+    MAX_CONTROL_MESSAGE,
+    ControlChannel,
+    Role,
+    Session,
+    SessionClosed,
+    Stream,
+    StreamReset,
+)
 from innerloop.protocol.transport import AsyncioByteStream, ByteStream
 
 HELLO_TIMEOUT = 10.0
+# Before hello is accepted: one message of at most HELLO_MAX bytes, PREAUTH_LIMIT bytes read in all.
+HELLO_MAX = 4 * 1024
+PREAUTH_LIMIT = 16 * 1024
 CLAIM_TIMEOUT = 10.0
 EVENT_BACKLOG = 1000
 READ_CHUNK = 256 * 1024
@@ -107,6 +118,7 @@ class AgentServer:
             role=Role.AGENT,
             keepalive_interval=self._keepalive_interval,
             keepalive_timeout=self._keepalive_timeout,
+            preauth_limit=PREAUTH_LIMIT,
         )
         self._sessions.add(session)
         try:
@@ -117,10 +129,14 @@ class AgentServer:
 
     async def _serve_session(self, session: Session) -> None:
         """Handshake, then serve the controller until its session ends."""
-        control = ControlChannel(session.control)
+        control = ControlChannel(session.control, max_message=HELLO_MAX)
         try:
             raw = await asyncio.wait_for(control.receive(), HELLO_TIMEOUT)
-        except (TimeoutError, ProtocolError, SessionClosed):
+        except ProtocolError as exc:
+            log(f"refused a connection before hello: {exc}")
+            await session.close(f"protocol error: {exc}")
+            return
+        except (TimeoutError, SessionClosed):
             return
         if raw is None:
             return
@@ -136,6 +152,8 @@ class AgentServer:
         if reason is not None:
             await self._deny(session, control, request_id, reason)
             return
+        session.authenticated()
+        control.max_message = MAX_CONTROL_MESSAGE
         connection = Connection(self, session, control)
         previous, self._controller = self._controller, connection
         if previous is not None:

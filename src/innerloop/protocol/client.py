@@ -49,10 +49,21 @@ from innerloop.protocol.messages import (
     decode_message,
     encode_message,
 )
-from innerloop.protocol.session import ControlChannel, Role, Session, SessionClosed, Stream, StreamReset
+from innerloop.protocol.session import (
+    MAX_CONTROL_MESSAGE,
+    ControlChannel,
+    Role,
+    Session,
+    SessionClosed,
+    Stream,
+    StreamReset,
+)
 from innerloop.protocol.transport import ByteStream
 
 SYNC_STREAM_HEADER = b'{"kind":"sync"}'
+# Before the agent's welcome: one message of at most WELCOME_MAX bytes, PREAUTH_LIMIT bytes read in all.
+WELCOME_MAX = 64 * 1024
+PREAUTH_LIMIT = 128 * 1024
 EVENT_BACKLOG = 1000
 _CHUNK = 256 * 1024
 
@@ -129,11 +140,15 @@ class AgentClient:
     ) -> AgentClient:
         """Start a session over ``io`` and greet the agent; ``AgentDenied`` if it refuses."""
         session = Session(
-            io, role=Role.CLIENT, keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout
+            io,
+            role=Role.CLIENT,
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+            preauth_limit=PREAUTH_LIMIT,
         )
         session.start()
         try:
-            control = ControlChannel(session.control)
+            control = ControlChannel(session.control, max_message=WELCOME_MAX)
             await control.send(encode_message(Hello(token=token), 1))
             raw = await asyncio.wait_for(control.receive(), hello_timeout)
             if raw is None:
@@ -145,9 +160,14 @@ class AgentClient:
                 raise AgentError(f"the agent answered hello with {answer.OP}")
             if answer.version != PROTOCOL_VERSION:
                 raise AgentDenied(f"the agent speaks protocol {answer.version}, this CLI {PROTOCOL_VERSION}")
+            session.authenticated()
+            control.max_message = MAX_CONTROL_MESSAGE
         except TimeoutError:
             await session.close("no answer to hello")
             raise AgentError(f"the agent did not answer hello within {hello_timeout:g}s") from None
+        except (ProtocolError, MessageError) as exc:
+            await session.close("handshake failed")
+            raise AgentError(f"the agent broke the protocol during the handshake: {exc}") from None
         except BaseException:
             await session.close("handshake failed")
             raise

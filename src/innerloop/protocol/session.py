@@ -13,6 +13,20 @@ by WINDOW frames as the application *reads*), so a slow consumer stalls only
 its own stream's writer, never the connection or the other streams, and a
 buffer can never grow beyond the window it granted.
 
+What the reader writes on its own (PONG answers, RESETs of streams nobody
+accepts) is bounded too: at most ``MAX_OWED`` bytes of it between two
+completed drains. A peer that floods PINGs and never reads gets no more
+PONGs once that much is owed (they are dropped, not queued), and one that
+keeps opening streams it knows will be refused is cut off. Dropping rather
+than "stop reading until drained" is on purpose: two honest peers that both
+push bulk data both ways would each wait for the other to read, and a
+session carries tunnels, so that can happen.
+
+Before the peer is authenticated (the agent's ``hello``, the CLI's
+``welcome``), ``preauth_limit`` caps every byte read from the connection:
+nobody gets to make us buffer megabytes before proving who they are. The
+owner calls ``authenticated()`` once the handshake succeeded.
+
 Stream ids: the client opens odd ids, the agent even ones, each side strictly
 increasing (so a late frame for a forgotten stream is told apart from a
 frame for one that was never opened). Stream 0 is the control channel, open
@@ -51,6 +65,8 @@ READ_SIZE = 256 * 1024
 # frames, and a writer that keeps up never waits for credit.
 WINDOW_UPDATE_THRESHOLD = INITIAL_WINDOW // 4
 MAX_CONTROL_MESSAGE = 64 * 1024 * 1024
+# What the reader may write on its own (PONG, RESET) before a drain completes: see above.
+MAX_OWED = 64 * 1024
 
 
 class SessionClosed(ConnectionError):
@@ -262,8 +278,12 @@ class Session:
         keepalive_interval: float | None = 10.0,
         keepalive_timeout: float = 30.0,
         max_pending_streams: int = 64,
+        preauth_limit: int | None = None,
     ) -> None:
         self._io = io
+        self._preauth_limit = preauth_limit  # None once authenticated (or never limited)
+        self._read_total = 0
+        self._owed = 0  # bytes the reader wrote since the last completed drain
         self.role = role
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
@@ -301,6 +321,10 @@ class Session:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    def authenticated(self) -> None:
+        """The handshake succeeded: lift ``preauth_limit``."""
+        self._preauth_limit = None
 
     @property
     def closed(self) -> bool:
@@ -409,17 +433,32 @@ class Session:
             except (ConnectionError, OSError) as exc:
                 self._fail(SessionClosed(f"connection lost: {exc}"))
                 raise SessionClosed(f"connection lost: {exc}") from exc
+            self._owed = 0
+
+    def _send_owed(self, frame: Frame) -> bool:
+        """Send a frame the reader owes the peer, unless ``MAX_OWED`` bytes are still unflushed."""
+        size = len(frame.payload) + 9
+        if self._owed + size > MAX_OWED:
+            return False
+        self._owed += size
+        self._send(frame)
+        return True
 
     async def _read_loop(self) -> None:
         decoder = FrameDecoder()
         loop = asyncio.get_running_loop()
         try:
             while self._error is None:
-                data = await self._io.read(READ_SIZE)
+                limit = self._preauth_limit
+                # Before authentication, never read (so never buffer) more than the limit allows.
+                data = await self._io.read(READ_SIZE if limit is None else min(READ_SIZE, limit - self._read_total + 1))
                 if not data:
                     self._fail(SessionClosed("connection closed by the peer"))
                     return
                 self._last_received = loop.time()
+                self._read_total += len(data)
+                if self._preauth_limit is not None and self._read_total > self._preauth_limit:
+                    raise ProtocolError(f"the peer sent more than {self._preauth_limit} bytes before authenticating")
                 for frame in decoder.feed(data):
                     self._dispatch(frame)
                     if self._error is not None:
@@ -438,7 +477,7 @@ class Session:
     def _dispatch(self, frame: Frame) -> None:
         kind = frame.kind
         if kind is Kind.PING:
-            self._send(Frame(Kind.PONG, 0, frame.payload))
+            self._send_owed(Frame(Kind.PONG, 0, frame.payload))  # dropped if the peer is not reading
             return
         if kind is Kind.PONG:
             future = self._pings.get(frame.payload)
@@ -474,7 +513,8 @@ class Session:
             raise ProtocolError(f"peer opened stream {stream_id} after {self._last_peer_id}; ids must increase")
         self._last_peer_id = stream_id
         if len(self._pending) >= self._max_pending:
-            self._send(Frame(Kind.RESET, stream_id, b"too many streams waiting to be accepted"))
+            if not self._send_owed(Frame(Kind.RESET, stream_id, b"too many streams waiting to be accepted")):
+                raise ProtocolError("the peer keeps opening streams that are refused and does not read the refusals")
             return
         stream = Stream(self, stream_id, frame.payload)
         self._streams[stream_id] = stream
@@ -501,15 +541,24 @@ class Session:
                 await self._io.close()
                 return
             self._send(Frame(Kind.PING, 0, next(self._ping_counter).to_bytes(8, "big")))
+            # Flush what the reader owes (PONGs) now and then; a peer that does not read holds this
+            # up, never the keepalive's timeout.
+            with contextlib.suppress(TimeoutError, SessionClosed):
+                await asyncio.wait_for(self._drain(), self._keepalive_interval)
 
 
 class ControlChannel:
-    """JSON messages over stream 0, one per line."""
+    """JSON messages over stream 0, one per line.
 
-    def __init__(self, stream: Stream) -> None:
+    ``max_message`` bounds one message; an owner lowers it for the handshake
+    (a ``hello`` is a few hundred bytes) and raises it once the peer is known.
+    """
+
+    def __init__(self, stream: Stream, *, max_message: int = MAX_CONTROL_MESSAGE) -> None:
         self._stream = stream
         self._buffer = bytearray()
         self._scanned = 0
+        self.max_message = max_message
 
     async def send(self, message: Mapping[str, Any]) -> None:
         # ensure_ascii keeps file names that are not valid UTF-8 (surrogate
@@ -521,6 +570,8 @@ class ControlChannel:
         """The next message, or None when the peer ends the channel."""
         while True:
             end = self._buffer.find(b"\n", self._scanned)
+            if end > self.max_message:
+                raise ProtocolError(f"control message longer than {self.max_message} bytes")
             if end >= 0:
                 line = bytes(self._buffer[:end])
                 del self._buffer[: end + 1]
@@ -533,8 +584,8 @@ class ControlChannel:
                     raise ProtocolError(f"control message must be a JSON object, got {type(message).__name__}")
                 return message
             self._scanned = len(self._buffer)
-            if len(self._buffer) > MAX_CONTROL_MESSAGE:
-                raise ProtocolError(f"control message longer than {MAX_CONTROL_MESSAGE} bytes")
+            if len(self._buffer) > self.max_message:
+                raise ProtocolError(f"control message longer than {self.max_message} bytes")
             try:
                 chunk = await self._stream.read()
             except SessionClosed:

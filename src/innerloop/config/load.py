@@ -32,7 +32,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from innerloop.config.model import InconsistentProject, Problem, Project
+from innerloop.config.model import InconsistentProject, Problem, Project, local_paths
 from innerloop.config.schema import json_schema
 
 CONFIG_FILE = "innerloop.yaml"
@@ -87,7 +87,34 @@ def load_config(path: Path) -> Project:
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError(f"{path}: cannot read: {reason}") from None
-    return parse_config(text, file=str(path))
+    project = parse_config(text, file=str(path))
+    problems = local_path_problems(project, path.parent)
+    if problems:
+        raise locate_problems(path, problems)
+    return project
+
+
+def local_path_problems(project: Project, folder: Path) -> list[Problem]:
+    """The config's local paths that lead out of ``folder`` once symlinks are resolved.
+
+    The spelling was checked by the model (no ``..`` out, nothing absolute);
+    a symlink inside the project that points to ``~/.ssh`` leaves it all the
+    same. The sync checks again where it scans (it never follows a symlink
+    out of its root), since links can change after the config was read.
+    """
+    top = folder.resolve()
+    problems = []
+    for where, local in local_paths(project):
+        real = (folder / local).resolve()
+        if not real.is_relative_to(top):
+            problems.append(
+                Problem(
+                    where,
+                    f"{local!r} leads out of the folder of innerloop.yaml through a symlink (to {real}); "
+                    "name a file or folder inside the project",
+                )
+            )
+    return problems
 
 
 def parse_config(text: str, *, file: str = CONFIG_FILE) -> Project:

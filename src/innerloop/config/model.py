@@ -80,6 +80,17 @@ def _relative_path(value: str) -> str:
         raise ValueError("the path is empty; use '.' for the folder of innerloop.yaml")
     if value.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:[\\/]", value):
         raise ValueError(f"{value!r} is absolute; write it relative to the folder of innerloop.yaml")
+    if "\0" in value:
+        raise ValueError(f"{value!r} contains a NUL character")
+    # A repository someone cloned must not reach the developer's files (sync: {local: ../../.ssh} would copy
+    # the keys into a pod): every local path stays below the folder of innerloop.yaml. Symlinks are checked
+    # where the files exist (``load.py``, ``local_path_problems``).
+    normal = posixpath.normpath(value.replace("\\", "/"))
+    if normal == ".." or normal.startswith("../"):
+        raise ValueError(
+            f"{value!r} leads out of the folder of innerloop.yaml; name a file or folder inside the project "
+            "(innerloop reads only the project's own files)"
+        )
     return value
 
 
@@ -770,6 +781,32 @@ class InconsistentProject(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("\n".join(map(str, problems)))
         self.problems = problems
+
+
+def local_paths(project: Project) -> list[tuple[tuple[str | int, ...], str]]:
+    """Every path on this machine the config names, relative to innerloop.yaml, with its place in the YAML.
+
+    A defaulted Dockerfile (``<context>/Dockerfile``) is listed at ``image.context``.
+    """
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    for name, service in project.services.items():
+        at: tuple[str | int, ...] = ("services", name)
+        manifests = service.manifests
+        found += [((*at, "manifests", "files", i), f) for i, f in enumerate(manifests.files or [])]
+        if manifests.kustomize is not None:
+            found.append(((*at, "manifests", "kustomize"), manifests.kustomize))
+        if manifests.helm is not None:
+            helm = manifests.helm
+            if not helm.remote:
+                found.append(((*at, "manifests", "helm", "chart"), helm.chart))
+            found += [((*at, "manifests", "helm", "values", i), v) for i, v in enumerate(helm.values)]
+        if service.image is not None:
+            image = service.image
+            found.append(((*at, "image", "context"), image.context))
+            key = "dockerfile" if image.dockerfile is not None else "context"
+            found.append(((*at, "image", key), image.dockerfile_path))
+        found += [((*at, "sync", i, "local"), rule.local) for i, rule in enumerate(service.sync)]
+    return found
 
 
 def cross_reference_problems(project: Project) -> list[Problem]:

@@ -452,3 +452,51 @@ class TestFindConfig:
         )
         assert message.endswith(", /); create one with `innerloop init`")
         assert caught.value.problems == ()
+
+
+class TestLocalPathsStayInTheProject:
+    """Attack: a repository someone cloned names the developer's files (``~/.ssh``) as a sync root, a build
+    context or a values file, by ``..`` or through a symlink inside the project; `up` would send them to a pod."""
+
+    def test_a_path_that_climbs_out_is_refused_at_its_line(self) -> None:
+        text = HEAD + "  app:\n    manifests: {files: [k8s.yaml]}\n    sync:\n      - {local: ../../.ssh, remote: /x}\n"
+        assert one_line(text) == (
+            "innerloop.yaml:7:17: services.app.sync.0.local: '../../.ssh' leads out of the folder of "
+            "innerloop.yaml; name a file or folder inside the project (innerloop reads only the project's own files)"
+        )
+
+    def test_a_symlink_out_of_the_project_is_refused_at_its_line(self, tmp_path: Path) -> None:
+        project = tmp_path / "repo"
+        project.mkdir()
+        secrets = tmp_path / "home" / ".ssh"
+        secrets.mkdir(parents=True)
+        (project / "keys").symlink_to(secrets, target_is_directory=True)
+        (project / "ctx").symlink_to(tmp_path / "home", target_is_directory=True)
+        (project / "src").mkdir()
+        (project / "inside").symlink_to(project / "src", target_is_directory=True)
+        config = project / CONFIG_FILE
+        config.write_text(
+            HEAD
+            + "  app:\n"
+            + "    manifests: {files: [k8s.yaml]}\n"
+            + "    image: {name: app, context: ctx}\n"
+            + "    sync:\n"
+            + "      - {local: inside, remote: /app}\n"
+            + "      - {local: keys/, remote: /x}\n"
+        )
+        with pytest.raises(ConfigError) as caught:
+            load_config(config)
+        lines = str(caught.value).splitlines()
+        assert [line.split(": ", 2)[:2] for line in lines] == [
+            [f"{config}:6:33", "services.app.image.context"],
+            [f"{config}:6:33", "services.app.image.context"],  # the default Dockerfile, ctx/Dockerfile
+            [f"{config}:9:17", "services.app.sync.1.local"],
+        ]
+        assert f"through a symlink (to {secrets.resolve()})" in lines[2]
+
+    def test_links_that_stay_inside_are_fine(self, tmp_path: Path) -> None:
+        (tmp_path / "src").mkdir()
+        (tmp_path / "code").symlink_to(tmp_path / "src", target_is_directory=True)
+        config = tmp_path / CONFIG_FILE
+        config.write_text(HEAD + "  app:\n    manifests: {files: [k8s.yaml]}\n    sync: [{local: code, remote: /a}]\n")
+        assert load_config(config).services["app"].sync[0].local == "code"

@@ -260,6 +260,30 @@ class TestPaths:
         assert loc == ("services", "app", *where)
         assert "write it relative to the folder of innerloop.yaml" in msg
 
+    @pytest.mark.parametrize("path", ["..", "../../.ssh", "a/../../b", "./../x", "a\\..\\..\\b"])
+    @pytest.mark.parametrize(
+        ("where", "build"),
+        [
+            (("manifests", "files", 0), lambda p: service(manifests={"files": [p]})),
+            (("manifests", "kustomize"), lambda p: service(manifests={"kustomize": p})),
+            (("manifests", "helm", "chart"), lambda p: service(manifests={"helm": {"chart": p}})),
+            (("manifests", "helm", "values", 0), lambda p: service(manifests={"helm": {"chart": "c", "values": [p]}})),
+            (("image", "context"), lambda p: service(image={"name": "a", "context": p})),
+            (("image", "dockerfile"), lambda p: service(image={"name": "a", "dockerfile": p})),
+            (("sync", 0, "local"), lambda p: service(sync=[{"local": p, "remote": "/app"}])),
+        ],
+    )
+    def test_local_paths_must_stay_in_the_project(self, path: str, where: tuple[str | int, ...], build: Any) -> None:
+        """Attack: a cloned repository's innerloop.yaml says ``sync: [{local: ../../.ssh}]`` (or a build context,
+        a chart, a values file outside the project) and `up` copies the developer's keys into a pod."""
+        loc, msg = one_error(project(app=build(path)))
+        assert loc == ("services", "app", *where)
+        assert "leads out of the folder of innerloop.yaml" in msg
+
+    @pytest.mark.parametrize("path", ["a/..", "a/../b", "./x", "x..y", "..x"])
+    def test_dots_that_stay_inside_are_fine(self, path: str) -> None:
+        Project.model_validate(project(app=service(sync=[{"local": path, "remote": "/app"}])))
+
     def test_local_paths_must_not_be_empty(self) -> None:
         loc, msg = one_error(project(app=service(sync=[{"local": "", "remote": "/app"}])))
         assert loc == ("services", "app", "sync", 0, "local") and "the path is empty" in msg

@@ -172,3 +172,22 @@ def test_tree_folder_index_matches_a_plain_dict(ops: list[tuple[bool, str]]) -> 
         below = {p for p in model if p.startswith(candidate + "/")}
         assert tree.is_folder(candidate) == bool(below)
         assert set(tree.under(candidate)) == below
+
+
+def test_a_symlinked_folder_out_of_the_root_is_never_scanned_through(tmp_path: Path) -> None:
+    """Attack: a cloned repository holds ``keys -> ~/.ssh`` inside a sync root; neither the scan nor a refresh
+    of a path reported below the link may read the files it leads to (they would be uploaded to the pod)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    home_ssh = tmp_path / "ssh"
+    home_ssh.mkdir()
+    (home_ssh / "id_rsa").write_text("private key")
+    (root / "keys").symlink_to(home_ssh, target_is_directory=True)
+    (root / "app.py").write_text("x")
+    scanner = Scanner()
+    tree = scanner.scan(root)
+    assert sorted(tree) == ["app.py", "keys"]
+    assert tree["keys"].is_symlink
+    scanner.refresh(tree, root, ["keys/id_rsa"])
+    assert "keys/id_rsa" not in tree
+    assert scanner.reads == 1  # app.py only

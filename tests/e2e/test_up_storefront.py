@@ -8,6 +8,7 @@ patch; before sync followed every pod, one of two replicas kept the old code.
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
 from collections import Counter
@@ -60,8 +61,8 @@ def test_one_manifest_file_every_service_in_dev_mode(storefront: Storefront, kub
         assert all(r["state"] == "in sync" for r in status[name]["replicas"].values()), status[name]
     assert len(status["catalog"]["replicas"]) == 2
     # The shared ConfigMap is applied once, by one service, and every object is recorded once for `down`.
-    record = kube.get_json("configmap", "innerloop-storefront-restore", "-n", ns)
-    created = yaml.safe_load(record["data"]["created"])
+    record = kube.get_json("secret", "innerloop-storefront-restore", "-n", ns)  # a Secret: it may hold Secrets
+    created = yaml.safe_load(base64.b64decode(record["data"]["created"]))
     assert sorted(created) == sorted(set(created))
     assert len(created) == 13  # 1 ConfigMap, 4 workloads, 5 Services, 3 agent token Secrets
     down = subprocess.run(

@@ -104,16 +104,33 @@ def up(
 @click.command(name="down")
 @config_option
 @namespace_option
-def down_command(config_file: str | None, namespace: str | None) -> None:
-    """Remove everything `up` created and restore everything it changed."""
+@click.option(
+    "--trust-cluster-record",
+    is_flag=True,
+    help="Also restore originals that another machine's `up` recorded (check the record first).",
+)
+def down_command(config_file: str | None, namespace: str | None, trust_cluster_record: bool) -> None:
+    """Remove everything `up` created and restore everything it changed (this project's objects only)."""
     try:
-        done = asyncio.run(down(config_path=_config(config_file), target=connect(report), namespace=namespace))
+        result = asyncio.run(
+            down(
+                config_path=_config(config_file),
+                target=connect(report),
+                namespace=namespace,
+                trust_cluster_record=trust_cluster_record,
+            )
+        )
     except Exception as err:
         _fail(err)
         raise
-    for line in done:
+    for line in result.done + result.notes:
         report(line)
-    report("nothing to remove" if not done else f"removed or restored {len(done)} objects")
+    for line in result.refused:
+        click.echo(f"warning: {line}", err=True)
+    report("nothing to remove" if not result.done else f"removed or restored {len(result.done)} objects")
+    if result.refused:
+        click.echo(f"error: {len(result.refused)} entries of the restore record were not acted on (above)", err=True)
+        sys.exit(1)
 
 
 def _api(sock: Path) -> aiohttp.ClientSession:

@@ -3,48 +3,54 @@
 Objects are applied with server-side apply under the field manager
 ``innerloop``. Before the first apply of a session, every object that already
 exists is saved (as the API returned it, minus server-managed fields) into a
-ConfigMap ``innerloop-<project>-restore`` in the namespace, together with the
+Secret ``innerloop-<project>-restore`` in the namespace, together with the
 list of objects innerloop created. ``innerloop down`` deletes what was
 created and puts back what was replaced, from that record: it survives a
 crashed or SIGKILLed CLI because it lives in the cluster, not in memory.
+
+The record is a Secret, not a ConfigMap, because a replaced Secret's original
+data is in it: the Role innerloop needs reads Secrets anyway, but the many
+who may read a namespace's ConfigMaps (the built-in ``view`` role, dashboards,
+audit logs that keep ConfigMap bodies) must not get them that way. Each `up`
+also keeps a copy of the entries it wrote on this machine
+(``.innerloop/restore/<record id>.json``, mode 0600), and `down` trusts the
+cluster's copy only as far as :mod:`innerloop.deploy.record` says.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import json
+import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
-from lightkube import ApiError, AsyncClient, codecs
+from lightkube import ApiError, AsyncClient, LoadResourceError, codecs
 from lightkube.codecs import resource_registry
+from lightkube.core.resource import NamespacedResource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
-from lightkube.resources.core_v1 import ConfigMap
+from lightkube.resources.core_v1 import ConfigMap, Secret
+
+from innerloop.deploy.record import RECORD_ID, ObjectRef, Record, decode, plan_down
+
+__all__ = ["DeployError", "ObjectRef", "apply_all", "restore_all", "wait_rollout"]
 
 FIELD_MANAGER = "innerloop"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "innerloop"}
+PROJECT_LABEL = "innerloop.dev/project"
+LOCAL_RECORDS = Path(".innerloop") / "restore"
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink")
 
 
 class DeployError(RuntimeError):
     """Applying or rolling out failed; the message says what and what to do."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ObjectRef:
-    api_version: str
-    kind: str
-    name: str
-
-    @classmethod
-    def of(cls, doc: dict[str, Any]) -> ObjectRef:
-        return cls(api_version=str(doc["apiVersion"]), kind=str(doc["kind"]), name=str(doc["metadata"]["name"]))
-
-    @property
-    def key(self) -> str:
-        return f"{self.api_version}/{self.kind}/{self.name}"
 
 
 def restore_record_name(project: str) -> str:
@@ -67,6 +73,19 @@ def _kind_of(ref: ObjectRef) -> Any:  # noqa: ANN401
     return resource_registry.load(ref.api_version, ref.kind)
 
 
+def namespaced(ref: ObjectRef) -> bool:
+    """Whether a kind lives in a namespace; a kind lightkube does not know (a CRD's) counts as not."""
+    try:
+        return issubclass(_kind_of(ref), NamespacedResource)
+    except LoadResourceError:
+        return False
+
+
+def project_keys(docs: Sequence[dict[str, Any]]) -> frozenset[str]:
+    """The record keys of what `up` applies for these rendered objects: the objects `down` may touch."""
+    return frozenset(ObjectRef.of(doc).key for doc in docs)
+
+
 async def _get(client: AsyncClient, ref: ObjectRef, namespace: str) -> dict[str, Any] | None:
     try:
         found = await client.get(_kind_of(ref), ref.name, namespace=namespace)
@@ -77,44 +96,157 @@ async def _get(client: AsyncClient, ref: ObjectRef, namespace: str) -> dict[str,
     return cast(dict[str, Any], found.to_dict())
 
 
-async def read_record(client: AsyncClient, project: str, namespace: str) -> dict[str, Any]:
+async def _delete(client: AsyncClient, kind: Any, name: str, namespace: str) -> bool:  # noqa: ANN401
+    """Delete one object; False when it was not there."""
     try:
-        cm = await client.get(ConfigMap, restore_record_name(project), namespace=namespace)
+        await client.delete(kind, name, namespace=namespace)
     except ApiError as err:
-        if err.status.code == 404:
-            return {"created": [], "replaced": {}}
-        raise
-    data = cm.data or {}
-    return {"created": json.loads(data.get("created", "[]")), "replaced": json.loads(data.get("replaced", "{}"))}
+        if err.status.code != 404:
+            raise
+        return False
+    return True
 
 
-async def write_record(client: AsyncClient, project: str, namespace: str, record: dict[str, Any]) -> None:
-    cm = _typed(
+# -- the record in the cluster --------------------------------------------------
+
+
+async def read_record(client: AsyncClient, project: str, namespace: str) -> tuple[Record, list[str]]:
+    """The cluster's record (and what of it could not be read), from its Secret.
+
+    A record an older innerloop wrote as a ConfigMap is read too: it has no
+    id, so nothing in it counts as written by this machine.
+    """
+    name = restore_record_name(project)
+    where = f"secret/{name}"
+    record, problems = Record(namespace=namespace), []
+    try:
+        secret = await client.get(Secret, name, namespace=namespace)
+    except ApiError as err:
+        if err.status.code != 404:
+            raise
+    else:
+        data: dict[str, str] = {}
+        for field, value in (secret.data or {}).items():
+            try:
+                data[field] = base64.b64decode(value, validate=True).decode()
+            except (binascii.Error, UnicodeDecodeError):
+                problems.append(f"{where}: `{field}` is not base64 UTF-8; ignored")
+        record, problems = decode(data, where=where)
+        problems = [*problems]
+        if not RECORD_ID.fullmatch(record.id):
+            if record.id:
+                problems.append(f"{where}: its id is not one innerloop writes; nothing in it counts as this machine's")
+            record.id = ""
+    try:
+        cm = await client.get(ConfigMap, name, namespace=namespace)
+    except ApiError as err:
+        if err.status.code != 404:
+            raise
+        return record, problems
+    legacy, legacy_problems = decode(cm.data or {}, where=f"configmap/{name}")
+    record.created += [k for k in legacy.created if k not in record.created]
+    record.replaced = {**legacy.replaced, **record.replaced}
+    return record, problems + legacy_problems
+
+
+async def write_record(client: AsyncClient, project: str, namespace: str, record: Record) -> None:
+    name = restore_record_name(project)
+    data = {k: base64.b64encode(v.encode()).decode() for k, v in record.to_data().items()}
+    secret = _typed(
         {
             "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": restore_record_name(project), "namespace": namespace, "labels": MANAGED_BY},
-            "data": {"created": json.dumps(record["created"]), "replaced": json.dumps(record["replaced"])},
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {**MANAGED_BY, PROJECT_LABEL: project},
+            },
+            "type": "Opaque",
+            "data": data,
         }
     )
-    await client.apply(cm, field_manager=FIELD_MANAGER, force=True)
+    await client.apply(secret, field_manager=FIELD_MANAGER, force=True)
+    await _delete(client, ConfigMap, name, namespace)  # an older innerloop's record, now in the Secret
 
 
-async def apply_all(client: AsyncClient, *, project: str, namespace: str, docs: Sequence[dict[str, Any]]) -> None:
-    """Record what each object replaces (first time only), then server-side apply it."""
-    record = await read_record(client, project, namespace)
-    known = set(record["created"]) | set(record["replaced"])
+async def delete_record(client: AsyncClient, project: str, namespace: str) -> None:
+    name = restore_record_name(project)
+    await _delete(client, Secret, name, namespace)
+    await _delete(client, ConfigMap, name, namespace)
+
+
+# -- this machine's copy ----------------------------------------------------------
+
+
+def local_record_path(project_dir: Path, record_id: str) -> Path:
+    assert RECORD_ID.fullmatch(record_id), record_id  # the cluster's id is checked before it names a file
+    return project_dir / LOCAL_RECORDS / f"{record_id}.json"
+
+
+def read_local(project_dir: Path, record_id: str) -> tuple[Record | None, list[str]]:
+    """This machine's copy of the entries its `up` wrote into the record ``record_id``, if any."""
+    if not RECORD_ID.fullmatch(record_id):
+        return None, []
+    path = local_record_path(project_dir, record_id)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, []
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return None, [f"{path}: not JSON; ignored (nothing in the record counts as this machine's)"]
+    if not isinstance(raw, dict):
+        return None, [f"{path}: not a record; ignored"]
+    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    mine, problems = decode(fields, where=str(path))
+    return mine, problems
+
+
+def write_local(project_dir: Path, record: Record) -> None:
+    """Save this machine's copy: owner-only (it may hold a replaced Secret's data), never half written."""
+    path = local_record_path(project_dir, record.id)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    ignore = path.parent / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# Written by innerloop: what `up` replaced in the cluster. Stays on this machine.\n*\n")
+    partial = path.with_name(f".{path.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(record.to_json())
+    partial.replace(path)
+
+
+# -- up and down ------------------------------------------------------------------
+
+
+async def apply_all(
+    client: AsyncClient, *, project: str, namespace: str, docs: Sequence[dict[str, Any]], project_dir: Path
+) -> None:
+    """Record what each object replaces (first time only, here and on this machine), then server-side apply it."""
+    record, _ = await read_record(client, project, namespace)  # what cannot be read is `down`'s to say
+    if not record.id:
+        record.id = secrets.token_hex(16)  # a new record (or an older innerloop's, now rewritten)
+    mine, _ = read_local(project_dir, record.id)
+    if mine is None or mine.namespace != namespace:
+        mine = Record(id=record.id, namespace=namespace)
+    known = record.listed()
     changed = False
     for doc in docs:
         ref = ObjectRef.of(doc)
         if ref.key not in known:
             existing = await _get(client, ref, namespace)
             if existing is None:
-                record["created"].append(ref.key)
+                record.created.append(ref.key)
+                mine.created.append(ref.key)
             else:
-                record["replaced"][ref.key] = clean_for_restore(existing)
+                record.replaced[ref.key] = mine.replaced[ref.key] = clean_for_restore(existing)
+            known.add(ref.key)
             changed = True
     if changed:
+        write_local(project_dir, mine)  # first: a copy the cluster lacks is harmless, the reverse is not
         await write_record(client, project, namespace, record)
     for doc in docs:
         labelled = dict(doc)
@@ -126,31 +258,58 @@ async def apply_all(client: AsyncClient, *, project: str, namespace: str, docs: 
             raise DeployError(f"applying {ObjectRef.of(doc).key} failed: {err.status.message}") from err
 
 
-async def restore_all(client: AsyncClient, *, project: str, namespace: str) -> list[str]:
-    """Delete what innerloop created and put back what it replaced; returns what was done."""
-    record = await read_record(client, project, namespace)
+@dataclass(frozen=True, kw_only=True)
+class DownResult:
+    done: list[str]  # deleted X, restored Y
+    notes: list[str]  # worth saying, nothing refused
+    refused: list[str]  # one line per record entry `down` did nothing for
+
+
+async def restore_all(
+    client: AsyncClient,
+    *,
+    project: str,
+    namespace: str,
+    defined: frozenset[str],
+    project_dir: Path,
+    trust_cluster: bool = False,
+) -> DownResult:
+    """Delete what innerloop created and put back what it replaced, as far as the record can be trusted.
+
+    ``defined`` are the keys of what `up` applies for this project's config
+    (:func:`project_keys`): every other entry is refused unless this
+    machine's own copy of the record has it.
+    """
+    record, problems = await read_record(client, project, namespace)
+    mine, local_problems = read_local(project_dir, record.id)
+    name = restore_record_name(project)
+    plan = plan_down(
+        cluster=record,
+        mine=mine,
+        defined=defined,
+        namespaced=namespaced,
+        namespace=namespace,
+        trust_cluster=trust_cluster,
+        how_to_check=f" (`kubectl -n {namespace} get secret {name} -o jsonpath='{{.data.replaced}}' | base64 -d`)",
+    )
     done: list[str] = []
-    for key in reversed(record["created"]):
-        api_version, kind, name = key.rsplit("/", 2)
-        try:
-            await client.delete(
-                _kind_of(ObjectRef(api_version=api_version, kind=kind, name=name)), name, namespace=namespace
-            )
-            done.append(f"deleted {kind}/{name}")
-        except ApiError as err:
-            if err.status.code != 404:
-                raise
-    for key, original in record["replaced"].items():
-        # Take back every field innerloop set, then put the original back as it was.
-        original["metadata"]["namespace"] = namespace
-        await client.apply(_typed(original), field_manager=FIELD_MANAGER, force=True)
-        done.append(f"restored {key.rsplit('/', 2)[1]}/{key.rsplit('/', 1)[1]}")
-    try:
-        await client.delete(ConfigMap, restore_record_name(project), namespace=namespace)
-    except ApiError as err:
-        if err.status.code != 404:
-            raise
-    return done
+    for ref in plan.delete:
+        if await _delete(client, _kind_of(ref), ref.name, namespace):
+            done.append(f"deleted {ref.shown}")
+    for ref, original in plan.restore:
+        # Take back every field innerloop set, then put the original back as it was: in this namespace,
+        # under the kind and name of its key (plan_down refused any body naming something else).
+        body = {**original, "metadata": {**original["metadata"], "namespace": namespace}}
+        await client.apply(_typed(body), field_manager=FIELD_MANAGER, force=True)
+        done.append(f"restored {ref.shown}")
+    if plan.keep.empty():
+        await delete_record(client, project, namespace)
+    else:
+        await write_record(client, project, namespace, plan.keep)
+    if mine is not None and mine.namespace == namespace:
+        with contextlib.suppress(FileNotFoundError):
+            local_record_path(project_dir, mine.id).unlink()  # all of it was handled (or is gone)
+    return DownResult(done=done, notes=problems + local_problems + plan.notes, refused=plan.refused)
 
 
 async def wait_rollout(

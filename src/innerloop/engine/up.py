@@ -28,7 +28,7 @@ from lightkube.resources.core_v1 import Namespace, Secret
 from innerloop.builders.agent_image import AgentImageError, AgentPlan, build_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
-from innerloop.deploy.apply import DeployError, apply_all, restore_all, wait_rollout
+from innerloop.deploy.apply import DeployError, DownResult, apply_all, project_keys, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
 from innerloop.engine.plan import (
@@ -186,7 +186,9 @@ class DevLoop:
         plan = self._plan(name, docs, token=self.tokens[name], built=self.built)
         self.plans[name] = plan
         self.store.update(name, phase="deploying")
-        await apply_all(client, project=self.project.name, namespace=self.namespace, docs=plan.docs)
+        await apply_all(
+            client, project=self.project.name, namespace=self.namespace, docs=plan.docs, project_dir=self.root
+        )
 
     async def _wait_ready(self, client: AsyncClient, name: str) -> None:
         plan = self.plans[name]
@@ -376,11 +378,27 @@ class DevLoop:
         ).run()
 
 
-async def down(*, config_path: Path, target: Target, namespace: str | None) -> list[str]:
-    project = load_config(config_path)
-    ns = namespace or project.namespace or target.conn.namespace
+async def down(
+    *, config_path: Path, target: Target, namespace: str | None, trust_cluster_record: bool = False
+) -> DownResult:
+    """Delete what `up` created and restore what it replaced, for this project's objects only.
+
+    The objects `down` may touch are computed here, as `up` would compute
+    them (innerloop.yaml and its manifests, planned without building): the
+    cluster's record is only trusted that far (see :mod:`innerloop.deploy.record`).
+    """
+    loop = DevLoop(config_path=config_path, target=target, namespace=namespace, report=lambda _m: None)
+    plans = loop.check(await asyncio.to_thread(loop._objects))
+    defined = project_keys([doc for plan in plans.values() for doc in plan.docs])
     client = target.conn.client()
     try:
-        return await restore_all(client, project=project.name, namespace=ns)
+        return await restore_all(
+            client,
+            project=loop.project.name,
+            namespace=loop.namespace,
+            defined=defined,
+            project_dir=loop.root,
+            trust_cluster=trust_cluster_record,
+        )
     finally:
         await client.close()

@@ -111,6 +111,9 @@ def test_run_gives_a_local_command_the_pods_context(
     }
     assert lines[1:] == ["greeting: hi", "abc123", "0o600"]
     assert "optional configMap nope key k is missing" in out.stderr
+    # The Secret's files were there while the command ran; they are deleted with it, and never committed.
+    assert list((tmp_path / ".innerloop" / "run").iterdir()) == []
+    assert (tmp_path / ".innerloop" / ".gitignore").read_text().startswith("*\n")
     # The exit code of the command is the exit code of `innerloop run`.
     failing = subprocess.run(
         [*innerloop_cli, "run", "-n", namespace, "--pod", "target", "--", "python3", "-c", "raise SystemExit(7)"],

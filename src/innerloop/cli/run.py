@@ -30,10 +30,11 @@ import click
 from innerloop.cli.output import explain_error, report
 from innerloop.cli.stopping import Stopping, run_until_signal
 from innerloop.cluster.progress import StepFailed
-from innerloop.connect.context import parse_env_options, withheld_line
+from innerloop.config.state import StateError
+from innerloop.connect.context import RemoteContext, parse_env_options, withheld_line
 from innerloop.connect.netns import NamespaceError
 from innerloop.connect.network import ClusterNetwork
-from innerloop.connect.run import RunError, command_env, fetch_context, materialize
+from innerloop.connect.run import Materialized, RunError, command_env, fetch_context, materialized
 from innerloop.engine.target import UpError, connect
 from innerloop.forward.forward import ForwardEvent
 from innerloop.k8s.connection import ClusterConnection, ClusterUnreachable, default_kubeconfig
@@ -67,7 +68,7 @@ def run(
     command: tuple[str, ...],
 ) -> None:
     """Run COMMAND locally with the pod's env vars (Service links included) and its ConfigMap and
-    Secret files under .innerloop/run/ (paths in INNERLOOP_MOUNTS). The namespace's Services resolve by
+    Secret files under .innerloop/run/ while it runs (paths in INNERLOOP_MOUNTS). The namespace's Services resolve by
     name (backend, backend.NS, backend.NS.svc.cluster.local) on every port, in a private network
     namespace made without root; the machine's own DNS settings are untouched. Nothing changes in
     the cluster. This machine's PATH, HOME, PYTHONHOME, LD_*, LC_*... stay (see README)."""
@@ -92,7 +93,7 @@ def run(
     except (KeyboardInterrupt, asyncio.CancelledError):
         report("stopped before the command started")
         sys.exit(130)
-    except (RunError, NamespaceError, ValueError) as err:
+    except (RunError, NamespaceError, StateError, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     except Exception as err:
@@ -121,8 +122,21 @@ async def _run(conn: ClusterConnection, options: _RunOptions, stopping: Stopping
     name, context = await fetch_context(
         conn, namespace=ns, pod=options.pod, selector=options.selector, container=options.container
     )
-    root = Path.cwd() / ".innerloop" / "run" / name
-    mounts = materialize(context, root)
+    with materialized(context, Path.cwd(), name) as files:  # deleted when the command ends, however it ends
+        stopping.at_exit.append(files.remove)  # the hard exit (stop deadline, second Ctrl+C) skips the with
+        return await _run_command(conn, options, stopping, name=name, context=context, files=files)
+
+
+async def _run_command(
+    conn: ClusterConnection,
+    options: _RunOptions,
+    stopping: Stopping,
+    *,
+    name: str,
+    context: RemoteContext,
+    files: Materialized,
+) -> int:
+    ns, root, mounts = options.namespace, files.root, files.mounts
     report(f"context of {ns}/{name}: {len(context.env)} env vars, {len(mounts)} mounted folders under {root}")
     for missing in context.missing:
         report(f"optional {missing} is missing in the cluster")

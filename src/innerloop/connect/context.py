@@ -22,19 +22,40 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from innerloop.sync.contained import UnsafePath, relative_parts
+
 # What describes this machine's session and toolchain rather than the app: where programs, libraries,
-# interpreters and the user's files are, and who and where the session is. A container's values name
-# the container's filesystem (PYTHONHOME=/usr/local, PATH=/usr/local/bin:...): applied here they
-# break the local tools, so they are never taken from the pod wholesale (see ``command_environment``).
+# interpreters and the user's files are, who and where the session is, and every variable that changes
+# which code a local program runs (a preloaded library, interpreter options, a shell's startup file, the
+# helper commands git, ssh, less or an editor start). A container's values name the container's
+# filesystem (PYTHONHOME=/usr/local, PATH=/usr/local/bin:...), and a hostile pod spec's values would run
+# its code here (LD_PRELOAD=evil.so, NODE_OPTIONS=--require=..., BASH_ENV, GIT_SSH_COMMAND): they are
+# never taken from the pod (see ``command_environment``); --env sets one on purpose.
 MACHINE_NAMES = frozenset(
     {
         "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "PWD", "OLDPWD", "HOSTNAME", "TMPDIR", "TMP", "TEMP",
-        "DISPLAY", "LANG", "LANGUAGE", "VIRTUAL_ENV", "NODE_PATH", "GOPATH", "GOROOT", "GOBIN", "GOCACHE",
-        "GOMODCACHE", "GOTOOLCHAIN", "JAVA_HOME", "CLASSPATH", "GEM_HOME", "GEM_PATH", "RUBYLIB", "PERL5LIB",
-        "CARGO_HOME", "RUSTUP_HOME", "SSL_CERT_FILE", "SSL_CERT_DIR", "MANPATH", "INFOPATH",
+        "DISPLAY", "LANG", "LANGUAGE", "TZ", "TZDIR", "VIRTUAL_ENV", "NODE_PATH", "NODE_OPTIONS",
+        "NODE_EXTRA_CA_CERTS", "GOPATH", "GOROOT", "GOBIN", "GOCACHE", "GOMODCACHE", "GOTOOLCHAIN", "GOFLAGS",
+        "GOPROXY", "GONOSUMDB", "GOPRIVATE", "GOINSECURE", "GOEXPERIMENT", "GOENV", "JAVA_HOME", "CLASSPATH",
+        "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "GEM_HOME", "GEM_PATH", "RUBYLIB", "RUBYOPT",
+        "PERL5LIB", "PERLLIB", "PERL5OPT", "PERL5DB", "CARGO_HOME", "RUSTUP_HOME", "RUSTFLAGS", "RUSTC_WRAPPER",
+        "CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "MAKEFLAGS", "SSL_CERT_FILE", "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "MANPATH", "INFOPATH", "ENV", "BASH_ENV", "PROMPT_COMMAND",
+        "PS1", "PS2", "PS4", "IFS", "CDPATH", "GLOBIGNORE", "SHELLOPTS", "BASHOPTS", "ZDOTDIR", "INPUTRC",
+        "HISTFILE", "TERMINFO", "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES",
+        "RES_OPTIONS", "LOCALDOMAIN", "EDITOR", "VISUAL", "PAGER", "MANPAGER", "LESSOPEN", "LESSCLOSE",
+        "BROWSER", "SUDO_ASKPASS", "KUBECONFIG", "KUBE_EDITOR", "DOCKER_HOST", "DOCKER_CONFIG", "CONTAINER_HOST",
     }
 )  # fmt: skip
-MACHINE_PREFIXES = ("LC_", "LD_", "PYTHON", "XDG_", "SSH_", "CONDA_")
+MACHINE_PREFIXES = (
+    "LC_", "LD_", "DYLD_", "PYTHON", "XDG_", "SSH_", "CONDA_", "GIT_", "BASH_FUNC_", "MALLOC_", "NPM_CONFIG_",
+    "npm_config_", "PIP_", "UV_", "CGO_",
+)  # fmt: skip
+# The machine names a pod may set when this machine has none: values that run no code and name no file.
+GAP_NAMES = frozenset({"TERM", "LANG", "LANGUAGE", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING"})
+GAP_PREFIXES = ("LC_",)
+# What a process environment can hold (Kubernetes allows these; a hostile API server may send others).
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
@@ -182,18 +203,52 @@ def container_context(
             else:
                 content.update(data)
         if sources:
+            mount_path = mount_folder(mount.get("mountPath"))
+            for rel in content:
+                file_name(rel, mount=mount_path)
             sub = mount.get("subPath")
             if sub:
-                content = {mount["mountPath"].rsplit("/", 1)[-1]: content[sub]} if sub in content else {}
-                files[mount["mountPath"].rsplit("/", 1)[0] or "/"] = {**files.get(mount["mountPath"], {}), **content}
+                folder, _, name = mount_path.rpartition("/")
+                content = {name: content[sub]} if sub in content else {}
+                files[folder or "/"] = {**files.get(folder or "/", {}), **content}
             else:
-                files[mount["mountPath"]] = content
+                files[mount_path] = content
     return RemoteContext(env=env, files=files, missing=missing)
+
+
+def mount_folder(mount_path: object) -> str:
+    """A volume's mount path, checked to stay where ``innerloop run`` writes (``/etc/app``), or ContextError.
+
+    Kubernetes validates these; a hostile API server (or a spec edited in
+    between) need not, and a ``..`` here would write the pod's files
+    anywhere on this machine (``../../.bashrc``).
+    """
+    if not isinstance(mount_path, str) or not mount_path.startswith("/"):
+        raise ContextError(f"mount path {mount_path!r} is not absolute; refusing to write its files")
+    try:
+        parts = relative_parts(mount_path.strip("/"))
+    except UnsafePath as err:
+        raise ContextError(f"mount path {mount_path!r} could leave .innerloop/run/ ({err}); refusing it") from None
+    return "/" + "/".join(parts)
+
+
+def file_name(rel: object, *, mount: str) -> str:
+    """A ConfigMap or Secret key, or an item's ``path``, checked to stay below its mount, or ContextError."""
+    try:
+        relative_parts(rel)
+    except UnsafePath as err:
+        raise ContextError(f"file {rel!r} of the volume at {mount} could leave it ({err}); refusing it") from None
+    return str(rel)
 
 
 def describes_machine(name: str) -> bool:
     """Whether ``name`` is one of the variables that describe this machine's session and toolchain."""
     return name in MACHINE_NAMES or name.startswith(MACHINE_PREFIXES)
+
+
+def fills_gap(name: str) -> bool:
+    """Whether the pod's value of machine variable ``name`` may be used where this machine has none."""
+    return name in GAP_NAMES or name.startswith(GAP_PREFIXES)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,9 +267,10 @@ def command_environment(
     1. start from this machine's environment (never replaced wholesale);
     2. add the app's variables from the pod (env, envFrom, valueFrom, service links), overriding
        local ones of the same name, except those that describe the machine (``describes_machine``):
-       for those the local value wins; when the machine has none, the pod's value is applied
-       only if it names no path (no ``/``: ``PYTHONUNBUFFERED=1``, ``LANG=C.UTF-8``), because a
-       path is one in the container's filesystem;
+       for those the local value wins, and when the machine has none the pod's value is applied
+       only for the few that run no code and name no file (``GAP_NAMES``: ``PYTHONUNBUFFERED=1``,
+       ``LANG=C.UTF-8``, ``LC_*``), without a ``/``; a variable no process environment can hold
+       (a name with ``=``, a NUL) is not applied either;
     3. ``explicit`` (``--env NAME=VALUE``) sets anything, last.
 
     ``withheld`` names the pod variables rule 2 did not apply (their value differs from the
@@ -223,7 +279,9 @@ def command_environment(
     env = dict(local)
     withheld: list[str] = []
     for name, value in pod.items():
-        if not describes_machine(name) or (name not in env and "/" not in value):
+        if not _ENV_NAME.fullmatch(name) or "\0" in value:
+            withheld.append(name.encode("unicode_escape").decode())
+        elif not describes_machine(name) or (name not in env and fills_gap(name) and "/" not in value):
             env[name] = value
         elif env.get(name) != value:
             withheld.append(name)
@@ -238,7 +296,8 @@ def withheld_line(withheld: Sequence[str]) -> str | None:
         return None
     return (
         f"not applied from the pod: {', '.join(withheld)} (they describe the container's filesystem or"
-        " session, this machine's values stay; set one with --env NAME=VALUE if you mean it)"
+        " session, or would change which code runs here: this machine's values stay; set one with"
+        " --env NAME=VALUE if you mean it)"
     )
 
 

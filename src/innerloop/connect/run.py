@@ -9,22 +9,48 @@ plus ``INNERLOOP_MOUNTS`` (JSON: container mount path -> local directory) and
 ``INNERLOOP_ROOT``. A pod in dev mode (``innerloop up``) lends the app's
 context, not the agent's (:func:`innerloop.deploy.devmode.app_pod`). Nothing
 is created or changed in the cluster.
+
+The files live only as long as the command (:func:`materialized`): in
+``.innerloop/run/<pod>.<pid>/`` (``config/state.py``: 0700, git-ignored, never
+through a symlink), every path checked to stay inside it
+(``connect/context.py`` ``mount_folder``/``file_name``), deleted when the
+command ends, on Ctrl+C and on an error too. A run that could not clean up
+(SIGKILL, the stop deadline's ``os._exit``) leaves its folder behind; the next
+``run`` or ``intercept -- CMD`` in the project deletes every folder whose
+process is gone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, Service
 
-from innerloop.connect.context import CommandEnvironment, RemoteContext, command_environment, container_context
+from innerloop.config.state import state_dir
+from innerloop.connect.context import (
+    CommandEnvironment,
+    RemoteContext,
+    command_environment,
+    container_context,
+    file_name,
+    mount_folder,
+)
 from innerloop.deploy.devmode import app_pod
 from innerloop.k8s.connection import ClusterConnection
+
+OWNER_FILE = ".owner"  # "<pid> <start time>" of the run that owns the folder
+DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 
 
 class RunError(RuntimeError):
@@ -103,22 +129,110 @@ def _referenced(node: Any, kind: str) -> set[str]:  # noqa: ANN401 - walks a pod
     return found
 
 
+@dataclass(frozen=True)
+class Materialized:
+    root: Path  # this run's folder: .innerloop/run/<pod>.<pid>
+    mounts: dict[str, str]  # container mount path -> local folder
+
+    def remove(self) -> None:
+        """Delete the files now (for a hard exit, which skips the ``with`` block's end)."""
+        _remove(self.root)
+
+
+@contextmanager
+def materialized(context: RemoteContext, project: Path, pod: str) -> Iterator[Materialized]:
+    """The pod's mounted files under ``project/.innerloop/run/<pod>.<pid>/`` for as long as the block runs.
+
+    Deleted when the block ends, however it ends (an error, a cancellation
+    by Ctrl+C); folders that killed runs left behind are deleted first.
+    """
+    if not re.fullmatch(DNS_SUBDOMAIN, pod):
+        raise RunError(f"the pod's name {pod!r} is not a Kubernetes name; refusing to use it as a folder name")
+    runs = state_dir(project, "run")
+    remove_stale(runs)
+    root = runs / f"{pod}.{os.getpid()}"
+    _remove(root)
+    os.mkdir(root, 0o700)
+    try:
+        (root / OWNER_FILE).write_text(_owner(os.getpid()) or "")  # first: a concurrent run must not take it as stale
+        yield Materialized(root=root, mounts=_write_files(context, root))
+    finally:
+        _remove(root)
+
+
 def materialize(context: RemoteContext, root: Path) -> dict[str, str]:
-    """Write the mounted files under ``root`` (replaced each run); returns mount path -> local directory."""
-    shutil.rmtree(root, ignore_errors=True)
+    """Write the mounted files below ``root`` (emptied first): files 0600, folders 0700.
+
+    Paths were checked by ``container_context`` (``mount_folder``,
+    ``file_name``) and are checked again here; nothing is written through a
+    symlink (``O_NOFOLLOW``, fresh folders). Returns mount path -> local folder.
+    :func:`materialized` is the way to call it: it also deletes the files.
+    """
+    _remove(root)
     root.mkdir(parents=True, mode=0o700)
+    return _write_files(context, root)
+
+
+def _write_files(context: RemoteContext, root: Path) -> dict[str, str]:
     mounts: dict[str, str] = {}
     for mount_path, files in context.files.items():
-        local = root / mount_path.lstrip("/")
-        local.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for rel, data in files.items():
-            target = local / rel
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        folder = mount_folder(mount_path) if mount_path != "/" else "/"
+        local = root.joinpath(*folder.strip("/").split("/")) if folder != "/" else root
+        try:
+            _folders(root, local)
+            for rel, data in files.items():
+                target = local.joinpath(*file_name(rel, mount=mount_path).split("/"))
+                _folders(root, target.parent)
+                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+        except OSError as err:
+            raise RunError(f"cannot write the files of the volume at {mount_path}: {err}") from None
         mounts[mount_path] = str(local)
     return mounts
+
+
+def remove_stale(runs: Path) -> list[str]:
+    """Delete the folders under ``.innerloop/run/`` whose run is gone (a SIGKILL, an os._exit); their names."""
+    removed = []
+    for entry in sorted(os.listdir(runs)):
+        path = runs / entry
+        try:
+            owner = (path / OWNER_FILE).read_text() if path.is_dir() and not path.is_symlink() else ""
+        except OSError:
+            owner = ""
+        pid = owner.split(" ", 1)[0]
+        if pid.isdigit() and owner == _owner(int(pid)):
+            continue  # that run still runs
+        _remove(path)
+        removed.append(entry)
+    return removed
+
+
+def _owner(pid: int) -> str | None:
+    """``"<pid> <start time>"`` of a live process (a reused pid has another start time), or None."""
+    try:
+        return f"{pid} {psutil.Process(pid).create_time()!r}"
+    except psutil.Error:
+        return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)  # rmtree does not follow symlinks inside
+
+
+def _folders(root: Path, folder: Path) -> None:
+    """Create ``folder`` (below ``root``) and its parents, 0700, refusing any that is not a real folder."""
+    current = root
+    for part in folder.relative_to(root).parts:
+        current /= part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(current, 0o700)
+        if current.is_symlink() or not current.is_dir():
+            raise RunError(f"{current} is not a folder innerloop made; refusing to write below it")
 
 
 def command_env(

@@ -23,6 +23,8 @@ import os
 import stat
 from pathlib import Path
 
+from innerloop.config.load import ConfigError
+
 STATE_DIR = ".innerloop"
 SCHEMA_COPY = "innerloop.schema.json"  # config/schema.py PROJECT_SCHEMA's file name
 STATE_GITIGNORE = (
@@ -34,8 +36,8 @@ STATE_GITIGNORE = (
 )
 
 
-class StateError(OSError):
-    """``.innerloop/`` cannot be used safely; the message says what to remove."""
+class StateError(ConfigError):
+    """``.innerloop/`` cannot be used safely; the message says what to remove (a ConfigError: one line)."""
 
 
 def state_dir(project: Path, *parts: str) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from innerloop.config.state import StateError, state_dir
 from innerloop.engine.store import LogEntry, Store
 
 STATE_DIR = ".innerloop"
@@ -74,10 +75,13 @@ def make_app(store: Store) -> web.Application:
 @contextmanager
 def project_lock(project_dir: Path) -> Iterator[None]:
     """One `up` per project. The lock dies with its process, so a SIGKILLed `up` never blocks the next."""
-    state = project_dir / STATE_DIR
-    state.mkdir(exist_ok=True)
-    (state / ".gitignore").write_text("*\n")
-    with (state / "up.lock").open("w") as lock:
+    state = state_dir(project_dir)  # never a symlink; its .gitignore written (config/state.py)
+    # O_NOFOLLOW: a cloned repository's .innerloop/up.lock -> ~/.bashrc was truncated by open("w").
+    try:
+        fd = os.open(state / "up.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise StateError(f"{state / 'up.lock'} cannot be opened ({err.strerror}, a symlink?): remove it") from None
+    with os.fdopen(fd, "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,8 +94,7 @@ def project_lock(project_dir: Path) -> Iterator[None]:
 @asynccontextmanager
 async def serve(store: Store, project_dir: Path) -> AsyncIterator[Path]:
     path = socket_path(project_dir)
-    path.parent.mkdir(exist_ok=True)
-    (path.parent / ".gitignore").write_text("*\n")
+    state_dir(project_dir)
     if path.exists():
         path.unlink()  # a stale socket from a killed `up`
     runner = web.AppRunner(make_app(store), handle_signals=False)

@@ -12,6 +12,7 @@ cluster).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,35 +20,31 @@ import click
 
 from innerloop.config import ConfigError, find_config, json_schema_text, load_config
 from innerloop.config.schema import PROJECT_SCHEMA, packaged_schema_text
-
-# innerloop's folder in a project holds state that must stay local (the `up` socket, `run`'s
-# secrets); the schema copy is the one file worth sharing, so a fresh clone's editor finds it.
-STATE_GITIGNORE = (
-    "# Written by innerloop: what innerloop keeps here stays on this machine,\n"
-    "# except the schema copy that innerloop.yaml's modeline points at.\n"
-    "*\n"
-    "!.gitignore\n"
-    f"!{Path(PROJECT_SCHEMA).name}\n"
-)
+from innerloop.config.state import state_dir
 
 
 def write_project_schema(folder: Path) -> str | None:
-    """Write ``folder``'s schema copy when it is missing or out of date; what was done, or ``None``."""
-    target = folder / PROJECT_SCHEMA
+    """Write ``folder``'s schema copy when it is missing or out of date; what was done, or ``None``.
+
+    Through ``config/state.py`` (``.innerloop/`` is never a symlink; its
+    .gitignore shares only the schema copy) and ``O_NOFOLLOW``: a cloned
+    repository's ``.innerloop/.innerloop.schema.json.partial -> ~/.bashrc``
+    had the schema written over ~/.bashrc.
+    """
+    target = state_dir(folder) / Path(PROJECT_SCHEMA).name
     text = packaged_schema_text()
     try:
-        if target.read_text(encoding="utf-8") == text:
+        if not target.is_symlink() and target.read_text(encoding="utf-8") == text:
             return None
         done = "refreshed"
     except FileNotFoundError:
         done = "wrote"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ignore = target.parent / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text(STATE_GITIGNORE, encoding="utf-8")
     partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    partial.replace(target)  # an editor reading it never sees half a file
+    partial.unlink(missing_ok=True)  # unlink never follows a symlink
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    partial.replace(target)  # an editor reading it never sees half a file; a link there is replaced, not followed
     return done
 
 

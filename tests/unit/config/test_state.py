@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from innerloop.cli.schema import write_project_schema
 from innerloop.config.state import STATE_GITIGNORE, StateError, state_dir
 from innerloop.engine.api import project_lock
 
@@ -47,3 +48,20 @@ def test_ups_state_folder_is_never_a_symlink(tmp_path: Path) -> None:
         pass
     assert (home / ".gitignore").read_text() == "my global excludes\n"
     assert sorted(p.name for p in home.iterdir()) == [".gitignore"]
+
+
+def test_the_schema_copy_is_not_written_through_a_cloned_repositorys_symlink(tmp_path: Path) -> None:
+    """Attack: a repository ships ``.innerloop/.innerloop.schema.json.partial -> ~/.bashrc`` (or the copy itself
+    as a link); `innerloop init` / `schema --write` wrote the schema over ~/.bashrc."""
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("precious\n")
+    repo = tmp_path / "repo"
+    (repo / ".innerloop").mkdir(parents=True)
+    (repo / ".innerloop" / ".innerloop.schema.json.partial").symlink_to(bashrc)
+    assert write_project_schema(repo) == "wrote"
+    (repo / ".innerloop" / "innerloop.schema.json").unlink()
+    (repo / ".innerloop" / "innerloop.schema.json").symlink_to(bashrc)
+    assert write_project_schema(repo) == "refreshed"
+    assert bashrc.read_text() == "precious\n"
+    copy = repo / ".innerloop" / "innerloop.schema.json"
+    assert not copy.is_symlink() and copy.read_text().startswith("{")

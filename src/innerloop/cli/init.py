@@ -31,6 +31,7 @@ from innerloop.engine.init import (
     with_port,
 )
 from innerloop.engine.init_repo import RepoPlan, plan_repo, render_repo
+from innerloop.sync.contained import LocalRoot, UnsafePath
 
 MAX_FILES = 5000
 MAX_TEXT_BYTES = 256 * 1024
@@ -107,12 +108,15 @@ def init_command(folder: Path, name: str | None, port: int | None, force: bool) 
 
 
 def _write(root: Path, rendered: dict[str, str], *, force: bool) -> None:
-    plan = plan_writes(rendered, [p for p in rendered if (root / p).exists()], force=force)
+    plan = plan_writes(rendered, [p for p in rendered if (root / p).exists() or (root / p).is_symlink()], force=force)
+    files = LocalRoot(root)  # never through a symlink: a cloned repo's Dockerfile -> ~/.bashrc stays unwritten
     for path in plan.write:
-        target = root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        existed = target.exists()
-        target.write_text(rendered[path], encoding="utf-8")
+        existed = (root / path).exists()
+        try:
+            files.write(path, rendered[path].encode(), 0o644)
+        except UnsafePath as err:
+            click.echo(f"  kept      {path} (not written: {err})")
+            continue
         click.echo(f"  {'replaced' if existed else 'wrote':<9} {path}")
     for path in plan.keep:
         click.echo(f"  kept      {path} (exists; --force overwrites it)")

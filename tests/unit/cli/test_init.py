@@ -144,3 +144,23 @@ def test_port_is_refused_for_a_repository(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--port is for a folder with one app" in result.output
     assert not (root / "innerloop.yaml").exists()
+
+
+def test_init_never_writes_through_a_symlink_a_cloned_repository_ships(tmp_path: Path) -> None:
+    """Attack: the repository ships ``innerloop.yaml -> ~/.bashrc`` and ``k8s -> ~/.config/autostart`` (a link
+    that dangles, so it "does not exist"); `init` (with --force too) wrote its files over or into them."""
+    folder = _app(tmp_path)
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("precious\n")
+    autostart = tmp_path / "autostart"
+    autostart.mkdir()
+    (folder / "innerloop.yaml").symlink_to(bashrc)
+    (folder / "k8s").symlink_to(autostart, target_is_directory=True)
+    (folder / "Dockerfile").symlink_to(tmp_path / "dangling")
+    for argv in (["init", str(folder)], ["init", str(folder), "--force"]):
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 0, result.output
+    assert bashrc.read_text() == "precious\n"
+    assert list(autostart.iterdir()) == []
+    assert not (tmp_path / "dangling").exists()
+    assert "kept      k8s/hello-world.yaml (not written: k8s is a symlink here" in result.output

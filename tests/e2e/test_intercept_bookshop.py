@@ -65,7 +65,8 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
     cli = [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "innerloop")]
 
     # alice says it all in flags; bob types `innerloop intercept backend` in his copy of the project,
-    # whose innerloop.yaml says the rest (his $USER as the header, backend/app.py, the preview URL).
+    # whose innerloop.yaml says the rest (the default header: his $USER and a random part that a teammate
+    # cannot guess, the same on every run; backend/app.py; the preview URL).
     script = tmp_path / "alice_backend.py"
     script.write_text(LOCAL_BACKEND.format(app=str(app / "backend"), greeting="hello from alice's laptop"))
     project, _ = copy_bookshop(tmp_path / "bob-project")
@@ -87,16 +88,21 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
         for dev in devs.values():
             dev.wait_for("intercepting svc/backend")
             dev.wait_for("backend listening on" if dev is devs["bob"] else "local backend on")
+        found = re.search(r"requests with x-innerloop-user=(bob-[0-9a-f]{16})\b", devs["bob"].output)
+        assert found is not None, devs["bob"].output
+        values = {"alice": "alice", "bob": found.group(1)}
         # kube-proxy's next sync moves new connections to the router: until then they reach the pods.
         for who in ("alice", "bob"):
             greeting = f"hello from {who}'s laptop"
-            eventually(lambda who=who, greeting=greeting: _chain(url, who)["greeting"] == greeting)
-            backend = _chain(url, who)
+            eventually(lambda who=who, greeting=greeting: _chain(url, values[who])["greeting"] == greeting)
+            backend = _chain(url, values[who])
             assert backend["greeting"] == greeting, backend
         alice_backend = _chain(url, "alice")
         assert alice_backend["api_from_laptop"] == {"ok": True}, alice_backend  # a cluster Service by name
         assert _chain(url, None)["greeting"] == "hello from backend"
         assert _chain(url, "carol")["greeting"] == "hello from backend"
+        # Bob's user name alone, what anyone could have guessed and claimed first, is not his header.
+        assert _chain(url, "bob")["greeting"] == "hello from backend"
 
         # The preview URL adds alice's header: a plain browser request reaches her backend. She shares
         # it (--share): a teammate reaches it at this machine's network address, not only on loopback.
@@ -110,11 +116,11 @@ def test_two_developers_run_their_backend_locally_behind_the_real_frontend(
             chain = json.loads(resp.read())
         assert chain["via"][0]["via"][0]["greeting"] == "hello from alice's laptop"
         devs["bob"].wait_for("preview: http://")  # from innerloop.yaml
-        assert "x-innerloop-user=bob" in devs["bob"].output
+        assert f"x-innerloop-user: {values['bob']}" in devs["bob"].output  # the preview line says what it adds
 
         assert devs["alice"].stop() == 0, devs["alice"].output
         assert _chain(url, "alice")["greeting"] == "hello from backend"
-        assert _chain(url, "bob")["greeting"] == "hello from bob's laptop"
+        assert _chain(url, values["bob"])["greeting"] == "hello from bob's laptop"
         assert devs["bob"].stop() == 0, devs["bob"].output
         assert "selects its own pods again" in devs["bob"].output
     finally:

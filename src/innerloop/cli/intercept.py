@@ -34,7 +34,6 @@ from innerloop.intercept.cluster import InterceptSetupError, clean
 from innerloop.intercept.plan import InterceptPlanError, origin_name
 from innerloop.intercept.preview import Preview, preview_headers
 from innerloop.intercept.session import (
-    DEFAULT_HEADER,
     InterceptRequest,
     default_rules,
     forget,
@@ -46,7 +45,7 @@ from innerloop.intercept.session import (
 from innerloop.intercept.tunnel import InterceptDenied, InterceptEnded, InterceptTunnel, RouterSession
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.k8s.rest import RawApi, object_path
-from innerloop.router.intercepts import Mode
+from innerloop.router.intercepts import DEFAULT_HEADER, Mode
 from innerloop.router.match import HeaderRule, parse_rule
 
 INTERCEPT_ERRORS = (
@@ -338,7 +337,10 @@ async def _open_preview(
         )
     )
     url = preview.url.replace("0.0.0.0", socket.gethostname()) if options.share else preview.url
-    report(f"preview: {url} (svc/{service}:{port} with your header)")
+    adds = ", ".join(f"{name}: {value}" for name, value in headers.items())
+    report(
+        f"preview: {url} (svc/{service}:{port}, adding {adds})" if adds else f"preview: {url} (svc/{service}:{port})"
+    )
 
 
 def _free_port() -> int:

@@ -38,12 +38,11 @@ from innerloop.intercept.cluster import RouterInfo, ensure_router, switch_servic
 from innerloop.intercept.plan import router_name, router_selector
 from innerloop.intercept.tunnel import InterceptTunnel, Registration
 from innerloop.k8s.rest import RawApi, object_path
-from innerloop.router.intercepts import Mode
+from innerloop.router.intercepts import DEFAULT_HEADER, Mode
 from innerloop.router.match import HeaderRule
 from innerloop.router.restore import selector_of
 
 Report = Callable[[str], None]
-DEFAULT_HEADER = "x-innerloop-user"
 
 
 def whoami() -> str:

@@ -24,6 +24,9 @@ broad rule on another header cannot take a later developer's requests.
 A *developer* is an ``identity`` (a secret the CLI keeps for its user, sent
 only as proof): the same developer registering again, after a crash that
 left a detached intercept, replaces it instead of colliding with it.
+The default header (:data:`DEFAULT_HEADER`) takes exact values only: its
+values are secret, and a refused prefix would tell how one begins. Nor does
+anyone but its holder see a rule's value (:meth:`Intercept.describe`).
 This is routing, not access control: anyone who can reach the Service can
 send any header.
 
@@ -43,6 +46,8 @@ from innerloop.router.match import HeaderRule, matches, rules_collide
 
 Mode = Literal["global", "personal"]
 MODES: tuple[Mode, ...] = ("global", "personal")
+# The CLI's default header: its values are ``<user>-<64 random bits>`` (innerloop.intercept.session).
+DEFAULT_HEADER = "x-innerloop-user"
 
 
 RefusalCode = Literal["denied", "unknown", "collision"]
@@ -143,9 +148,12 @@ class Registry:
         digest = secret_digest(secret)
         who = secret_digest(identity) if identity is not None else None
         existing = self._intercepts.get(name)
-        if existing is not None:
-            if not hmac.compare_digest(existing.digest, digest):
+        if existing is not None and not hmac.compare_digest(existing.digest, digest):
+            if resume or existing.attached or not self._same_developer(existing, who):
                 raise InterceptRefused(f"intercept {name!r} is held by another session ({existing.owner})")
+            self._remove(name, now)  # the same developer, same --name, after a crash: the new one replaces it
+            existing = None
+        if existing is not None:
             existing.detached_since = None
             return existing, True
         if resume:
@@ -156,12 +164,17 @@ class Registry:
             raise InterceptRefused(f"unknown intercept mode {mode!r}; expected global or personal")
         if mode == "personal" and not rules:
             raise InterceptRefused("a personal intercept needs at least one header rule")
+        if any(r.header == DEFAULT_HEADER and r.op != "exact" for r in rules):
+            # Its default values are secret: a refused prefix or pattern would tell, a character at a time.
+            raise InterceptRefused(
+                f"{DEFAULT_HEADER} takes exact values only; use another header for a prefix or a pattern"
+            )
         replaced: list[str] = []
         for other in self._intercepts.values():
             shared = not other.ports or not ports or bool(set(other.ports) & set(ports))
             if not shared:
                 continue
-            mine = who is not None and other.identity is not None and hmac.compare_digest(other.identity, who)
+            mine = self._same_developer(other, who)
             if mine and not other.attached:
                 replaced.append(other.name)  # the same developer again, after a crash: the new one replaces it
                 continue
@@ -200,6 +213,10 @@ class Registry:
         self._intercepts[name] = intercept
         self.empty_since = None
         return intercept, False
+
+    @staticmethod
+    def _same_developer(intercept: Intercept, who: bytes | None) -> bool:
+        return who is not None and intercept.identity is not None and hmac.compare_digest(intercept.identity, who)
 
     def check(self, name: str, secret: str) -> Intercept:
         """The intercept if ``secret`` is its secret; refuses without telling whether it exists."""

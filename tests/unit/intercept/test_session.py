@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from innerloop.intercept import session
-from innerloop.intercept.session import DEFAULT_HEADER, DeveloperKey, default_rules
+from innerloop.intercept.session import DeveloperKey, default_rules
+from innerloop.router.intercepts import DEFAULT_HEADER
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from innerloop.router.intercepts import InterceptRefused, Registry
+from innerloop.router.intercepts import DEFAULT_HEADER, InterceptRefused, Registry
 from innerloop.router.match import HeaderRule, Op
 
 SECRET_A = "a" * 32
@@ -176,3 +176,40 @@ def test_describe_never_shows_the_secret() -> None:
     assert intercept.describe(values=True)["rules"] == [rule("alice").to_dict()]
     assert shown["attached"] is True
     assert "digest" not in shown
+
+
+def test_the_default_header_takes_exact_values_only() -> None:
+    """The attack: with prefix rules allowed on `x-innerloop-user`, each refusal ("alice already intercepts")
+    tells whether alice's secret value starts with a guess: 16 guesses a character recover it."""
+    reg = registry()
+    value = "alice-0123456789abcdef"
+    reg.register(name="a", secret=SECRET_A, owner="alice", mode="personal",
+                 rules=[rule(value, DEFAULT_HEADER)], ports=[], now=0)  # fmt: skip
+    probes: list[tuple[Op, str]] = [("prefix", "alice-0"), ("regex", "alice-0.*")]
+    for op, probe in probes:
+        with pytest.raises(InterceptRefused, match="takes exact values only") as err:
+            reg.register(name="m", secret=SECRET_B, owner="mallory", mode="personal",
+                         rules=[rule(probe, DEFAULT_HEADER.upper(), op)], ports=[], now=1)  # fmt: skip
+        assert err.value.code == "denied"
+    # Every other header still takes prefixes and patterns.
+    reg.register(name="m", secret=SECRET_B, owner="mallory", mode="personal",
+                 rules=[rule("mal", "x-dev", "prefix")], ports=[], now=1)  # fmt: skip
+
+
+def test_the_same_developer_and_name_replaces_a_detached_intercept_but_no_one_else_does() -> None:
+    reg = registry()
+    me = "i" * 64
+    reg.register(name="alice", secret=SECRET_A, owner="alice", mode="personal", rules=[rule("alice")], ports=[],
+                 now=0, identity=me)  # fmt: skip
+    reg.detach("alice", now=1)
+    for who in (None, "j" * 64):  # no identity, or another developer's: the name stays held
+        with pytest.raises(InterceptRefused, match="held by another session"):
+            reg.register(name="alice", secret=SECRET_B, owner="mallory", mode="personal", rules=[rule("m")],
+                         ports=[], now=2, identity=who)  # fmt: skip
+    with pytest.raises(InterceptRefused, match="held by another session"):  # a resume needs the secret
+        reg.register(name="alice", secret=SECRET_B, owner="alice", mode="personal", rules=[rule("alice")],
+                     ports=[], now=2, identity=me, resume=True)  # fmt: skip
+    intercept, resumed = reg.register(name="alice", secret=SECRET_B, owner="alice", mode="personal",
+                                      rules=[rule("alice2")], ports=[], now=3, identity=me)  # fmt: skip
+    assert not resumed and intercept.attached and intercept.rules == [rule("alice2")]
+    assert reg.personal_for(80, hdrs(x_dev="alice2")) == "alice"

@@ -56,7 +56,7 @@ def relative_parts(path: object) -> tuple[str, ...]:
         raise UnsafePath(f"{path!r} contains a NUL byte")
     if "\\" in path:
         raise UnsafePath(f"{path!r} contains a backslash")
-    if len(os.fsencode(path)) > MAX_PATH_BYTES:
+    if len(path) > MAX_PATH_BYTES // 4 and len(os.fsencode(path)) > MAX_PATH_BYTES:  # 4: UTF-8's widest
         raise UnsafePath(f"{path[:40]!r}... is longer than {MAX_PATH_BYTES} bytes")
     if path.startswith("/"):
         raise UnsafePath(f"{path!r} is absolute")
@@ -121,8 +121,11 @@ class LocalRoot:
 
     def check(self, path: str) -> None:
         """Refuse ``path`` if its spelling could leave the root or an existing folder on its way is a symlink."""
-        parts = relative_parts(path)
-        with self._folder(parts[:-1], create=False) as fd:
+        self.check_folder(relative_parts(path)[:-1])
+
+    def check_folder(self, parts: Sequence[str]) -> None:
+        """Refuse the folder ``parts`` (checked parts of a path) if an existing folder on its way is a symlink."""
+        with self._folder(parts, create=False) as fd:
             del fd
 
     def sha256(self, path: str) -> str | None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from innerloop.sync.contained import LocalRoot, UnsafePath
+from innerloop.sync.contained import LocalRoot, UnsafePath, relative_parts
 
 CONFLICT_MARK = ".innerloop-conflict-"
 
@@ -83,7 +83,9 @@ class HomeSide:
     """The developer's side of one two-way root: the container's listing checked, local files reached safely.
 
     ``report`` gets one line per refused path (once per path: the listing is
-    pulled every half second) and per local write that failed.
+    pulled every half second) and per local write that failed. Only new or
+    changed entries are checked against the disk, so a pull of an unchanged
+    100,000-file listing costs no system call here.
     """
 
     def __init__(self, local: Path, *, report: Callable[[str], None], service: str) -> None:
@@ -91,19 +93,34 @@ class HomeSide:
         self._report = report
         self._service = service
         self._refused: set[str] = set()
+        self._admitted: dict[str, str] = {}
 
     def admit(self, listing: Mapping[str, object]) -> dict[str, str]:
         """The entries of the container's listing that may be used: safe paths with a real sha256."""
         admitted: dict[str, str] = {}
+        folders: dict[tuple[str, ...], str | None] = {}  # each folder checked once per pull: why refused, or None
         for path, sha256 in listing.items():
+            if isinstance(sha256, str) and self._admitted.get(path) == sha256:
+                admitted[path] = sha256  # unchanged since the last pull: checked then (every use checks again)
+                continue
             try:
-                self.files.check(path)
+                parts = relative_parts(path)
                 if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
                     raise UnsafePath(f"{path!r} has no valid sha256")
-            except (UnsafePath, OSError) as err:
+                folder = parts[:-1]
+                if folder not in folders:
+                    try:
+                        self.files.check_folder(folder)
+                        folders[folder] = None
+                    except (UnsafePath, OSError) as err:
+                        folders[folder] = str(err)
+                if folders[folder] is not None:
+                    raise UnsafePath(folders[folder])
+            except UnsafePath as err:
                 self.refuse(path, str(err))
                 continue
             admitted[path] = sha256
+        self._admitted = admitted
         return admitted
 
     def refuse(self, path: str, reason: str) -> None:

@@ -13,7 +13,8 @@ data is in it: the Role innerloop needs reads Secrets anyway, but the many
 who may read a namespace's ConfigMaps (the built-in ``view`` role, dashboards,
 audit logs that keep ConfigMap bodies) must not get them that way. Each `up`
 also keeps a copy of the entries it wrote on this machine
-(``.innerloop/restore/<record id>.json``, mode 0600), and `down` trusts the
+(``.innerloop/restore/<record id>.json``, mode 0600, through
+:func:`innerloop.config.state.state_dir`: never a symlink), and `down` trusts the
 cluster's copy only as far as :mod:`innerloop.deploy.record` says.
 """
 
@@ -38,6 +39,7 @@ from lightkube.core.resource import NamespacedResource
 from lightkube.resources.apps_v1 import Deployment, StatefulSet
 from lightkube.resources.core_v1 import ConfigMap, Secret
 
+from innerloop.config.state import state_dir
 from innerloop.deploy.record import RECORD_ID, ObjectRef, Record, decode, plan_down
 
 __all__ = ["DeployError", "ObjectRef", "apply_all", "restore_all", "wait_rollout"]
@@ -45,7 +47,7 @@ __all__ = ["DeployError", "ObjectRef", "apply_all", "restore_all", "wait_rollout
 FIELD_MANAGER = "innerloop"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "innerloop"}
 PROJECT_LABEL = "innerloop.dev/project"
-LOCAL_RECORDS = Path(".innerloop") / "restore"
+LOCAL_RECORDS = "restore"  # .innerloop/restore/<record id>.json
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields", "selfLink")
 
 
@@ -179,8 +181,9 @@ async def delete_record(client: AsyncClient, project: str, namespace: str) -> No
 
 
 def local_record_path(project_dir: Path, record_id: str) -> Path:
+    """Where this machine keeps its copy of the record ``record_id`` (the folder made safe first)."""
     assert RECORD_ID.fullmatch(record_id), record_id  # the cluster's id is checked before it names a file
-    return project_dir / LOCAL_RECORDS / f"{record_id}.json"
+    return state_dir(project_dir, LOCAL_RECORDS) / f"{record_id}.json"
 
 
 def read_local(project_dir: Path, record_id: str) -> tuple[Record | None, list[str]]:
@@ -189,9 +192,13 @@ def read_local(project_dir: Path, record_id: str) -> tuple[Record | None, list[s
         return None, []
     path = local_record_path(project_dir, record_id)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return None, []
+    except OSError as err:  # ELOOP: a symlink, which innerloop never writes
+        return None, [f"{path}: {err.strerror}; ignored (nothing in the record counts as this machine's)"]
+    with os.fdopen(fd, encoding="utf-8") as file:
+        text = file.read()
     try:
         raw = json.loads(text)
     except ValueError:
@@ -199,24 +206,34 @@ def read_local(project_dir: Path, record_id: str) -> tuple[Record | None, list[s
     if not isinstance(raw, dict):
         return None, [f"{path}: not a record; ignored"]
     fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
-    mine, problems = decode(fields, where=str(path))
-    return mine, problems
+    return decode(fields, where=str(path))
 
 
 def write_local(project_dir: Path, record: Record) -> None:
     """Save this machine's copy: owner-only (it may hold a replaced Secret's data), never half written."""
     path = local_record_path(project_dir, record.id)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    ignore = path.parent / ".gitignore"
-    if not ignore.exists():
-        ignore.write_text("# Written by innerloop: what `up` replaced in the cluster. Stays on this machine.\n*\n")
     partial = path.with_name(f".{path.name}.partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        partial.unlink()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        os.fchmod(out.fileno(), 0o600)
         out.write(record.to_json())
     partial.replace(path)
+
+
+def forget_handled(project_dir: Path, mine: Record, keep: Record) -> None:
+    """This machine's copy keeps only what the cluster's record still keeps (nothing: no file)."""
+    left = Record(
+        id=mine.id,
+        namespace=mine.namespace,
+        created=[k for k in mine.created if k in keep.listed()],
+        replaced={k: v for k, v in mine.replaced.items() if k in keep.listed()},
+    )
+    if left.empty():
+        with contextlib.suppress(FileNotFoundError):
+            local_record_path(project_dir, mine.id).unlink()
+    else:
+        write_local(project_dir, left)
 
 
 # -- up and down ------------------------------------------------------------------
@@ -307,8 +324,7 @@ async def restore_all(
     else:
         await write_record(client, project, namespace, plan.keep)
     if mine is not None and mine.namespace == namespace:
-        with contextlib.suppress(FileNotFoundError):
-            local_record_path(project_dir, mine.id).unlink()  # all of it was handled (or is gone)
+        forget_handled(project_dir, mine, plan.keep)
     return DownResult(done=done, notes=problems + local_problems + plan.notes, refused=plan.refused)
 
 

@@ -9,7 +9,8 @@ than the namespace. So `down` acts on an entry only when three things hold:
   namespace under exactly the kind and name its key says (a body that names
   another kind, name or namespace is refused);
 - the object is one of this project's: defined by innerloop.yaml and its
-  manifests (what `up` applies), or recorded by this machine's `up`;
+  manifests, as `up` would apply them now (this machine's copy is no proof
+  of that: a file in the project folder may come with a clone or a pull);
 - a replaced object's original body is one this machine's `up` wrote (its
   copy under ``.innerloop/restore/``, compared here), unless the user says
   ``--trust-cluster-record`` (a teammate's `up` replaced it, and they checked).
@@ -146,6 +147,13 @@ def body_problem(ref: ObjectRef, body: Mapping[str, Any], namespace: str) -> str
     return None
 
 
+def _keep(record: Record, key: str, entry: dict[str, Any] | None) -> None:
+    if entry is CREATED:
+        record.created.append(key)
+    else:
+        record.replaced[key] = entry
+
+
 @dataclass(frozen=True, kw_only=True)
 class DownPlan:
     """What `down` does: delete these, apply these originals, say these lines; and what stays recorded."""
@@ -170,8 +178,9 @@ def plan_down(
     """Decide, entry by entry, what `down` does with the cluster's record.
 
     ``mine`` is this machine's copy of the entries its `up` wrote (used only
-    when it belongs to this very record); ``defined`` the keys of the objects
-    innerloop.yaml and its manifests make `up` apply; ``namespaced`` tells a
+    when it belongs to this very record) and says whose originals to apply;
+    ``defined`` the keys of the objects innerloop.yaml and its manifests make
+    `up` apply, the only ones `down` touches; ``namespaced`` tells a
     namespaced kind from a cluster-scoped one.
     """
     if mine is not None and (mine.id != cluster.id or mine.namespace != namespace or not cluster.id):
@@ -208,7 +217,24 @@ def plan_down(
                 "nothing done (the restore record was changed)"
             )
             continue
-        if mine is not None and key in mine.listed():
+        recorded_here = mine is not None and key in mine.listed()
+        if key not in defined:
+            if not recorded_here:
+                refused.append(
+                    f"refused {shown}: not one of this project's objects (innerloop.yaml's manifests); "
+                    "nothing done (the restore record was changed)"
+                )
+                continue
+            # This machine's `up` applied it, but the config no longer says so: a file of this folder
+            # (a pull, a clone) is no proof either, so it waits in both records until the config does.
+            _keep(keep, key, entry)
+            refused.append(
+                f"refused {shown}: innerloop.yaml's manifests no longer define it, so it is kept in the record "
+                f"(define it again and run `innerloop down`, or remove it yourself: "
+                f"kubectl -n {namespace} delete {ref.kind.lower()} {ref.name})"
+            )
+            continue
+        if mine is not None and recorded_here:
             ours = mine.entry(key)
             if key in both or ours != entry:
                 notes.append(
@@ -217,19 +243,13 @@ def plan_down(
                 )
             act(ref, ours)
             continue
-        if key not in defined:
-            refused.append(
-                f"refused {shown}: not one of this project's objects (innerloop.yaml's manifests); "
-                "nothing done (the restore record was changed, or innerloop.yaml no longer defines it)"
-            )
-            continue
         if key in both:
             refused.append(f"refused {shown}: recorded as both created and replaced; nothing done")
             continue
         if entry is CREATED or trust_cluster:
             act(ref, entry)
             continue
-        keep.replaced[key] = entry
+        _keep(keep, key, entry)
         refused.append(
             f"not restored {ref.shown}: its original was recorded by another machine's `up` "
             f"(or changed in the cluster), so it is kept in the record; check it{how_to_check}, "

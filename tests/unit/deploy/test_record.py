@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from innerloop.deploy.apply import namespaced, read_local, write_local
+from innerloop.config.state import StateError
+from innerloop.deploy.apply import forget_handled, namespaced, read_local, write_local
 from innerloop.deploy.record import CREATED, DownPlan, ObjectRef, Record, body_problem, decode, plan_down
 
 NS = "team-a"
@@ -168,15 +169,17 @@ def test_a_record_without_an_id_has_nothing_of_this_machine() -> None:
     assert result.restore == [] and SETTINGS in result.keep.replaced
 
 
-def test_an_object_this_machine_recorded_is_undone_after_the_config_dropped_it() -> None:
-    """Only the project's objects, but the project's `up` of this machine recorded it: it is the project's."""
-    cluster = ours()
-    cluster.created.append("v1/ConfigMap/old-feature")
-    mine = ours()
-    mine.created.append("v1/ConfigMap/old-feature")
+def test_an_object_the_config_no_longer_defines_is_kept_even_when_this_machine_recorded_it() -> None:
+    """A copy under .innerloop/ may come with a clone or a pull: it never widens what `down` touches."""
+    cluster, mine = ours(), ours()
+    for record in (cluster, mine):
+        record.created.append("apps/v1/Deployment/billing")
+        record.replaced["v1/ConfigMap/billing-settings"] = {**settings(), "metadata": {"name": "billing-settings"}}
     result = plan(cluster, mine)
-    assert "v1/ConfigMap/old-feature" in {r.key for r in result.delete}
-    assert result.refused == []
+    touched = {r.key for r in result.delete} | {r.key for r, _ in result.restore}
+    assert touched == DEFINED
+    assert "kubectl -n team-a delete deployment billing" in _line(result.refused, "Deployment/billing")
+    assert result.keep.listed() == {"apps/v1/Deployment/billing", "v1/ConfigMap/billing-settings"}
 
 
 def test_an_entry_that_is_both_created_and_replaced_is_refused_unless_this_machine_wrote_it() -> None:
@@ -273,7 +276,7 @@ def test_this_machines_copy_is_owner_only_ignored_by_git_and_read_back(tmp_path:
     assert path.name == f"{RECORD_ID}.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert (path.parent / ".gitignore").read_text().splitlines()[-1] == "*"
+    assert (tmp_path / ".innerloop" / ".gitignore").read_text().splitlines()[0] == "*"
     back, problems = read_local(tmp_path, RECORD_ID)
     assert problems == [] and back == ours()
     assert back is not None and back.entry(SERVICE) is CREATED
@@ -292,3 +295,34 @@ def test_a_corrupt_copy_is_said_and_ignored(tmp_path: Path) -> None:
     path.write_text("{")
     mine, problems = read_local(tmp_path, RECORD_ID)
     assert mine is None and len(problems) == 1 and "not JSON" in problems[0]
+
+
+def test_a_symlinked_copy_is_ignored_and_a_symlinked_folder_refused(tmp_path: Path) -> None:
+    """A cloned repository ships .innerloop/restore/<id>.json -> a file of the developer's, or the folder itself."""
+    write_local(tmp_path, ours())
+    [path] = (tmp_path / ".innerloop" / "restore").glob("*.json")
+    target = tmp_path / "elsewhere.json"
+    path.rename(target)
+    path.symlink_to(target)
+    mine, problems = read_local(tmp_path, RECORD_ID)
+    assert mine is None and len(problems) == 1
+    project = tmp_path / "cloned"
+    (project / ".innerloop").mkdir(parents=True)
+    (project / ".innerloop" / "restore").symlink_to(tmp_path / "home", target_is_directory=True)
+    (tmp_path / "home").mkdir()
+    with pytest.raises(StateError, match="symlink"):
+        write_local(project, ours())
+    with pytest.raises(StateError, match="symlink"):
+        read_local(project, RECORD_ID)
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_this_machines_copy_keeps_what_the_cluster_record_keeps(tmp_path: Path) -> None:
+    mine = ours()
+    write_local(tmp_path, mine)
+    forget_handled(tmp_path, mine, Record(id=RECORD_ID, created=[WEB], replaced={SETTINGS: settings("theirs")}))
+    left, _ = read_local(tmp_path, RECORD_ID)
+    assert left == Record(id=RECORD_ID, namespace=NS, created=[WEB], replaced={SETTINGS: settings()})
+    forget_handled(tmp_path, mine, Record(id=RECORD_ID))
+    assert read_local(tmp_path, RECORD_ID) == (None, [])
+    assert list((tmp_path / ".innerloop" / "restore").glob("*.json")) == []

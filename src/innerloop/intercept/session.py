@@ -109,9 +109,10 @@ class DeveloperKey:
         label = re.sub(r"[^A-Za-z0-9._-]", "", whoami())[:32] or "dev"
         return f"{label}-{self._derive(DEFAULT_HEADER)[:16]}"
 
-    @property
-    def identity(self) -> str:
-        return self._derive("router identity")
+    def identity(self, namespace: str, service: str) -> str:
+        """What tells one router this developer: per Service, so a router that is not what it seems
+        (a teammate can replace its pod) learns nothing it could show another router."""
+        return self._derive(f"router identity {namespace}/{service}")
 
 
 def state_dir() -> Path:
@@ -208,7 +209,7 @@ def _tunnel(target: Target, request: InterceptRequest, info: RouterInfo, report:
         mode=request.mode,
         rules=list(request.rules),
         ports=sorted(ports),
-        identity=DeveloperKey.load().identity,
+        identity=DeveloperKey.load().identity(request.namespace, request.service),
     )
     save_secret(request.namespace, request.service, registration)
 

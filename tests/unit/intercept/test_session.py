@@ -33,9 +33,10 @@ def test_the_default_value_is_not_the_user_name_that_anyone_can_guess(state: Pat
 
 
 def test_the_value_and_identity_are_stable_across_runs_and_the_key_is_private(state: Path) -> None:
-    first, identity = default_rules()[0].value, DeveloperKey.load().identity
+    first, identity = default_rules()[0].value, DeveloperKey.load().identity("ns", "backend")
     assert default_rules()[0].value == first  # a bookmarked preview or a browser extension keeps working
-    assert DeveloperKey.load().identity == identity
+    assert DeveloperKey.load().identity("ns", "backend") == identity
+    assert DeveloperKey.load().identity("ns", "frontend") != identity  # one router's proof is no other's
     path = state / "identity.json"
     assert path.stat().st_mode & 0o777 == 0o600
     assert path.parent.stat().st_mode & 0o077 == 0

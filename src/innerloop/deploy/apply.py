@@ -294,8 +294,8 @@ async def restore_all(
     """Delete what innerloop created and put back what it replaced, as far as the record can be trusted.
 
     ``defined`` are the keys of what `up` applies for this project's config
-    (:func:`project_keys`): every other entry is refused unless this
-    machine's own copy of the record has it.
+    (:func:`project_keys`): every other entry is refused. What could not be
+    read of either record counts as refused too.
     """
     record, problems = await read_record(client, project, namespace)
     mine, local_problems = read_local(project_dir, record.id)
@@ -325,7 +325,7 @@ async def restore_all(
         await write_record(client, project, namespace, plan.keep)
     if mine is not None and mine.namespace == namespace:
         forget_handled(project_dir, mine, plan.keep)
-    return DownResult(done=done, notes=problems + local_problems + plan.notes, refused=plan.refused)
+    return DownResult(done=done, notes=plan.notes, refused=problems + local_problems + plan.refused)
 
 
 async def wait_rollout(

@@ -13,9 +13,19 @@ A relay that frames differently from the server behind it is a request
 smuggling hole, so parsing is strict where RFC 9112 allows a choice: both
 ``Content-Length`` and ``Transfer-Encoding``, differing ``Content-Length``
 values, a request ``Transfer-Encoding`` that does not end in ``chunked``,
-``Transfer-Encoding`` on HTTP/1.0, obsolete line folding, bare CR or LF,
-NUL and other control bytes, and whitespace before a header's colon are all
-rejected (``HttpError``); a head over the limit is a 431.
+``Transfer-Encoding`` on HTTP/1.0, a request ``Transfer-Encoding`` other
+than a single ``chunked``, obsolete line folding, bare CR or LF, NUL and
+other control bytes, whitespace before a header's colon, a missing or
+repeated ``Host``, an absolute-form target naming another host than
+``Host``, whitespace before a chunk extension and malformed trailer fields
+are all rejected (``HttpError``); a head over ``Limits.max_head_bytes`` or
+with more than ``Limits.max_headers`` fields is a 431. Where h11 (the
+reference the tests compare with over generated inputs) accepts a message,
+we either frame it exactly as h11 does or refuse it.
+
+Error messages quote the offending bytes with ``repr`` (or ASCII with
+backslash escapes), never by decoding them: a hostile byte must produce a
+400, not an exception in the error path.
 
 All I/O goes through ``Conn``, a three-method async byte stream, so the
 framing is tested with scripted in-memory connections and the server plugs
@@ -37,17 +47,18 @@ import contextlib
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
-MAX_HEAD = 64 * 1024
-"""Largest request or response head (start line + headers) accepted."""
+from innerloop.router.limits import Limits
+
+DEFAULT_LIMITS = Limits()
 MAX_CHUNK_LINE = 4096
 """Largest chunk-size line (with extensions) or trailer line accepted."""
 COPY_CHUNK = 256 * 1024
 """Bytes read per step when streaming a body or piping."""
 
 BodyKind: TypeAlias = Literal["none", "length", "chunked", "close"]
-Sniffed: TypeAlias = Literal["http1", "h2c", "tcp", "need-more"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The HTTP/2 connection preface (what :mod:`innerloop.router.sniff` tells HTTP/1.x from h2c by)."""
 
 _TCHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _HEXDIGITS = b"0123456789abcdefABCDEF"
@@ -60,11 +71,18 @@ _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
 _FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"})
 _REASONS = {
     400: "Bad Request",
+    408: "Request Timeout",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
     502: "Bad Gateway",
     505: "HTTP Version Not Supported",
 }
+
+
+def quote(data: bytes, *, limit: int = 60) -> str:
+    """``data`` (its first ``limit`` bytes) for an error message: ASCII, hostile bytes escaped, never decoded."""
+    shown = data[:limit].decode("ascii", "backslashreplace")
+    return repr(shown + ("..." if len(data) > limit else ""))
 
 
 class HttpError(Exception):
@@ -158,6 +176,14 @@ class BufferedConn:
         """Whether the buffer already holds ``sep`` (reading up to it would not wait)."""
         return sep in self._buf
 
+    def peek(self, start: int = 0) -> bytes:
+        """A copy of the buffered bytes from ``start`` on, left in the buffer (to classify a connection's start)."""
+        return bytes(self._buf[start:]) if start else bytes(self._buf)
+
+    def starts_with(self, prefix: bytes) -> bool:
+        """Whether the buffered bytes start with ``prefix``."""
+        return self._buf.startswith(prefix)
+
     def take_buffer(self) -> bytes:
         """Everything buffered, removed from the buffer (for switching to raw relaying)."""
         data = bytes(self._buf)
@@ -191,6 +217,35 @@ class BufferedConn:
             if len(buf) > limit:
                 break
             start = max(0, len(buf) - len(sep) + 1)
+            if not await self.fill():
+                raise IncompleteMessage(f"connection closed after {len(buf)} bytes of a message", empty=not buf)
+        raise HttpError(f"message head larger than {limit} bytes", status=431)
+
+    async def read_head(self, *, limit: int) -> bytes:
+        """Bytes up to and including the first CRLF CRLF, refusing a bare CR or LF as soon as it arrives.
+
+        A client that ends its lines with LF alone would otherwise wait for a
+        CRLF CRLF that never comes; ``HttpError(431)`` past ``limit``,
+        ``IncompleteMessage`` at EOF.
+        """
+        buf = self._buf
+        start = 0
+        checked = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", start)
+            if end >= 0:
+                end += 4
+                if end > limit:
+                    break
+                data = bytes(buf[:end])
+                del buf[:end]
+                return data
+            if len(buf) > limit:
+                break
+            # All but the last byte can be judged (a CR there may yet be followed by its LF).
+            _check_line_ends(buf, checked, len(buf) - 1)
+            checked = max(checked, len(buf) - 1)
+            start = max(0, len(buf) - 3)
             if not await self.fill():
                 raise IncompleteMessage(f"connection closed after {len(buf)} bytes of a message", empty=not buf)
         raise HttpError(f"message head larger than {limit} bytes", status=431)
@@ -238,6 +293,20 @@ class BufferedConn:
             await self.conn.close_write()
         else:
             await self.conn.close()
+
+
+def _check_line_ends(buf: bytearray, start: int, stop: int) -> None:
+    """``HttpError`` if ``buf[start:stop]`` holds an LF not preceded by CR or a CR not followed by LF."""
+    i = buf.find(b"\n", start, stop)
+    while i >= 0:
+        if i == 0 or buf[i - 1] != 0x0D:
+            raise HttpError("bare LF in message head: lines end with CRLF")
+        i = buf.find(b"\n", i + 1, stop)
+    i = buf.find(b"\r", start, stop)
+    while i >= 0:
+        if buf[i + 1] != 0x0A:
+            raise HttpError("bare CR in message head: lines end with CRLF")
+        i = buf.find(b"\r", i + 1, stop)
 
 
 # -- heads -------------------------------------------------------------------
@@ -312,25 +381,34 @@ def _check_raw(raw: bytes) -> None:
         raise HttpError("NUL byte in message head")
 
 
-def _parse_fields(lines: list[bytes], *, start: int, request: bool) -> tuple[list[tuple[bytes, bytes]], _Framing]:
+def _check_field(line: bytes) -> tuple[bytes, bytes]:
+    """One ``name: value`` field line (no CRLF) as (name, value without OWS), or ``HttpError``."""
+    name, colon, value = line.partition(b":")
+    if not colon:
+        raise HttpError(f"header line without a colon: {quote(line)}")
+    if not name or name.translate(None, _TCHARS):
+        if name[:1] in (b" ", b"\t"):
+            raise HttpError("obsolete line folding in header")
+        raise HttpError(f"invalid header name {quote(name)}")
+    value = value.strip(b" \t")
+    if value.translate(None, _VALUE_BYTES):
+        raise HttpError(f"control character in header {quote(name)}")
+    return name, value
+
+
+def _parse_fields(
+    lines: list[bytes], *, start: int, request: bool
+) -> tuple[list[tuple[bytes, bytes]], _Framing, list[bytes]]:
     headers: list[tuple[bytes, bytes]] = []
     lengths: list[bytes] = []
     codings: list[bytes] = []
     connection: list[bytes] = []
+    hosts: list[bytes] = []
     has_upgrade = False
     expect_continue = False
+    status = 400 if request else 502
     for i in range(start, len(lines)):
-        line = lines[i]
-        name, colon, value = line.partition(b":")
-        if not colon:
-            raise HttpError(f"header line without a colon: {line[:60]!r}")
-        if not name or name.translate(None, _TCHARS):
-            if name[:1] in (b" ", b"\t"):
-                raise HttpError("obsolete line folding in header")
-            raise HttpError(f"invalid header name {name[:60]!r}")
-        value = value.strip(b" \t")
-        if value.translate(None, _VALUE_BYTES):
-            raise HttpError(f"control character in header {name.decode()!r}")
+        name, value = _check_field(lines[i])
         headers.append((name, value))
         lower = name.lower()
         if lower in _FRAMING_HEADERS:
@@ -344,52 +422,88 @@ def _parse_fields(lines: list[bytes], *, start: int, request: bool) -> tuple[lis
                 has_upgrade = True
             elif value.lower() == b"100-continue":
                 expect_continue = True
+        elif lower == b"host":
+            hosts.append(value)
 
     body: BodyKind = "close" if not request else "none"
     content_length = 0
     if codings:
         if lengths:
-            raise HttpError("both Content-Length and Transfer-Encoding", status=400 if request else 502)
+            raise HttpError("both Content-Length and Transfer-Encoding", status=status)
         if codings.count(b"chunked") > 1 or (b"chunked" in codings and codings[-1] != b"chunked"):
-            raise HttpError("chunked is not the last, single transfer coding", status=400 if request else 502)
+            raise HttpError("chunked is not the last, single transfer coding", status=status)
+        if request and codings != [b"chunked"]:
+            # The router does not decode codings and cannot know that the origin does: one plain chunked, as h11.
+            if codings[-1] == b"chunked":
+                raise HttpError(f"request transfer codings {quote(b', '.join(codings))}: only chunked", status=501)
+            raise HttpError(f"request transfer coding {quote(codings[-1])} is not chunked", status=501)
         if codings[-1] == b"chunked":
             body = "chunked"
-        elif request:
-            raise HttpError(f"request transfer coding {codings[-1].decode()!r} is not chunked", status=501)
     elif lengths:
         first = lengths[0]
         if not first.isdigit() or len(first) > 18 or any(other != first for other in lengths):
-            raise HttpError(f"invalid or conflicting Content-Length {b', '.join(lengths).decode()!r}")
+            raise HttpError(f"invalid or conflicting Content-Length {quote(b', '.join(lengths))}", status=status)
         content_length = int(first)
         body = "length"
-    return headers, _Framing(
-        body=body,
-        content_length=content_length,
-        close=b"close" in connection,
-        keep_alive_token=b"keep-alive" in connection,
-        upgrade=has_upgrade and b"upgrade" in connection,
-        expect_continue=expect_continue,
+    return (
+        headers,
+        _Framing(
+            body=body,
+            content_length=content_length,
+            close=b"close" in connection,
+            keep_alive_token=b"keep-alive" in connection,
+            upgrade=has_upgrade and b"upgrade" in connection,
+            expect_continue=expect_continue,
+        ),
+        hosts,
     )
 
 
-def parse_request_head(raw: bytes) -> RequestHead:
-    """A request head (ending in CRLF CRLF) or ``HttpError`` with the status to answer."""
+def _check_host(target: bytes, hosts: list[bytes], *, http11: bool) -> None:
+    """RFC 9112 section 3.2: one ``Host`` (HTTP/1.1 requires it), and an absolute-form target agreeing with it.
+
+    Two Hosts, or a target naming another authority than ``Host``, let the
+    router and the origin disagree on which site a request is for.
+    """
+    if len(hosts) > 1:
+        raise HttpError("more than one Host header")
+    if not hosts:
+        if http11:
+            raise HttpError("HTTP/1.1 request without a Host header")
+        return
+    if target[:1] != b"/" and b"://" in target:
+        authority = target.split(b"://", 1)[1]
+        for end in b"/?#":
+            authority = authority.split(bytes([end]), 1)[0]
+        authority = authority.rsplit(b"@", 1)[-1]
+        if authority.lower() != hosts[0].lower():
+            raise HttpError(f"absolute-form target names {quote(authority)} but Host is {quote(hosts[0])}")
+
+
+def parse_request_head(raw: bytes, *, max_headers: int = DEFAULT_LIMITS.max_headers) -> RequestHead:
+    """A request head (ending in CRLF CRLF) or ``HttpError`` with the status to answer.
+
+    More than ``max_headers`` header fields is a 431.
+    """
     _check_raw(raw)
     lines = raw[:-4].split(b"\r\n")
+    if len(lines) - 1 > max_headers:
+        raise HttpError(f"more than {max_headers} header fields", status=431)
     parts = lines[0].split(b" ")
     if len(parts) != 3:
-        raise HttpError(f"malformed request line {lines[0][:100]!r}")
+        raise HttpError(f"malformed request line {quote(lines[0], limit=100)}")
     method, target, version = parts
     if not method or method.translate(None, _TCHARS):
-        raise HttpError(f"invalid method {method[:40]!r}")
+        raise HttpError(f"invalid method {quote(method, limit=40)}")
     if not target or target.translate(None, _TARGET_BYTES):
         raise HttpError("invalid request target")
     numbers = _VERSIONS.get(version)
     if numbers is None:
         if version.startswith(b"HTTP/") and version[5:6].isdigit():
-            raise HttpError(f"unsupported version {version.decode()!r}", status=505)
-        raise HttpError(f"malformed request line {lines[0][:100]!r}")
-    headers, framing = _parse_fields(lines, start=1, request=True)
+            raise HttpError(f"unsupported version {quote(version)}", status=505)
+        raise HttpError(f"malformed request line {quote(lines[0], limit=100)}")
+    headers, framing, hosts = _parse_fields(lines, start=1, request=True)
+    _check_host(target, hosts, http11=numbers == (1, 1))
     if numbers == (1, 0):
         if framing.body == "chunked":
             raise HttpError("Transfer-Encoding in an HTTP/1.0 request")
@@ -419,8 +533,8 @@ def parse_response_head(raw: bytes) -> ResponseHead:
         code, _, reason = rest.partition(b" ")
         numbers = _VERSIONS.get(version)
         if numbers is None or len(code) != 3 or not code.isdigit() or code[:1] == b"0":
-            raise HttpError(f"malformed status line {lines[0][:100]!r}")
-        headers, framing = _parse_fields(lines, start=1, request=False)
+            raise HttpError(f"malformed status line {quote(lines[0], limit=100)}")
+        headers, framing, _ = _parse_fields(lines, start=1, request=False)
     except HttpError as error:
         raise HttpError(f"upstream sent a bad response: {error}", status=502) from None
     if numbers == (1, 0):
@@ -459,23 +573,24 @@ def frame_response(response: ResponseHead, *, method: str) -> BodyKind:
     return body
 
 
-async def read_request_head(conn: BufferedConn, *, limit: int = MAX_HEAD) -> RequestHead:
+async def read_request_head(conn: BufferedConn, *, limits: Limits = DEFAULT_LIMITS) -> RequestHead:
     """The next request head; ``IncompleteMessage(empty=True)`` when the client closed between requests.
 
     Empty lines before a request line are skipped (RFC 9112 section 2.2).
+    Over ``limits.max_head_bytes`` or ``limits.max_headers`` it is a 431.
     """
     for _ in range(4):
-        raw = await conn.read_until(b"\r\n\r\n", limit=limit)
+        raw = await conn.read_head(limit=limits.max_head_bytes)
         while raw.startswith(b"\r\n"):
             raw = raw[2:]
         if raw:
             break
     else:
         raise HttpError("empty lines instead of a request")
-    return parse_request_head(raw)
+    return parse_request_head(raw, max_headers=limits.max_headers)
 
 
-async def read_response_head(conn: BufferedConn, *, limit: int = MAX_HEAD) -> ResponseHead:
+async def read_response_head(conn: BufferedConn, *, limit: int = DEFAULT_LIMITS.max_head_bytes) -> ResponseHead:
     """The next response head (interim 1xx ones included), or ``HttpError``/``IncompleteMessage``."""
     try:
         raw = await conn.read_until(b"\r\n\r\n", limit=limit)
@@ -525,13 +640,27 @@ async def copy_until_close(src: BufferedConn, dst: Conn, *, prefix: bytes = b"")
 
 
 def _chunk_size(line: bytes) -> int:
-    size = line[:-2].split(b";", 1)[0].rstrip(b" \t")
-    if not size or len(size) > 16 or size.translate(None, _HEXDIGITS) or b"\n" in line[:-2] or b"\r" in line[:-2]:
-        raise HttpError(f"invalid chunk size line {line[:40]!r}")
+    """The size of a chunk-size line (with its CRLF): ``HEXDIG{1,16} [";" ext] OWS CRLF``, ext without CTLs.
+
+    No whitespace between the size and its ``;`` (h11 refuses it, and a
+    parser that reads ``5 ;x`` differently from us would frame differently).
+    """
+    size, semicolon, extension = line[:-2].partition(b";")
+    if not semicolon:
+        size = size.rstrip(b" \t")
+    if (
+        not size
+        or len(size) > 16
+        or size.translate(None, _HEXDIGITS)
+        or extension.translate(None, _VALUE_BYTES)  # CR, LF, NUL, other CTLs
+    ):
+        raise HttpError(f"invalid chunk size line {quote(line, limit=40)}")
     return int(size, 16)
 
 
-async def copy_chunked(src: BufferedConn, dst: Conn, *, prefix: bytes = b"") -> None:
+async def copy_chunked(
+    src: BufferedConn, dst: Conn, *, prefix: bytes = b"", max_trailer_bytes: int = DEFAULT_LIMITS.max_head_bytes
+) -> None:
     """Copy a chunked body verbatim (sizes, extensions, data, trailers), validating its framing.
 
     Output is gathered and written when it is large or when the next read
@@ -573,22 +702,38 @@ async def copy_chunked(src: BufferedConn, dst: Conn, *, prefix: bytes = b"") -> 
             out.clear()
         line = await src.read_until(b"\r\n", limit=MAX_CHUNK_LINE)
         trailer_bytes += len(line)
-        if trailer_bytes > MAX_HEAD:
+        if trailer_bytes > max_trailer_bytes:
             raise HttpError("chunked trailers too large", status=431)
-        if line != b"\r\n" and (b"\n" in line[:-2] or b"\r" in line[:-2] or line[:1] in (b" ", b"\t")):
-            raise HttpError("malformed trailer line")
+        if line != b"\r\n":
+            if b"\n" in line[:-2] or b"\r" in line[:-2]:
+                raise HttpError("bare CR or LF in a trailer line")
+            try:
+                _check_field(line[:-2])
+            except HttpError as error:
+                raise HttpError(f"malformed trailer line: {error}") from None
         out += line
         if line == b"\r\n":
             break
     await dst.write(bytes(out))
 
 
-async def copy_body(src: BufferedConn, dst: Conn, *, body: BodyKind, length: int = 0, prefix: bytes = b"") -> None:
-    """Copy a body framed as ``body`` (after ``prefix``, usually its head) from ``src`` to ``dst``."""
+async def copy_body(
+    src: BufferedConn,
+    dst: Conn,
+    *,
+    body: BodyKind,
+    length: int = 0,
+    prefix: bytes = b"",
+    limits: Limits = DEFAULT_LIMITS,
+) -> None:
+    """Copy a body framed as ``body`` (after ``prefix``, usually its head) from ``src`` to ``dst``.
+
+    Chunked trailers count against ``limits.max_head_bytes``.
+    """
     if body == "length":
         await copy_length(src, dst, length, prefix=prefix)
     elif body == "chunked":
-        await copy_chunked(src, dst, prefix=prefix)
+        await copy_chunked(src, dst, prefix=prefix, max_trailer_bytes=limits.max_head_bytes)
     elif body == "close":
         await copy_until_close(src, dst, prefix=prefix)
     elif prefix:
@@ -596,32 +741,6 @@ async def copy_body(src: BufferedConn, dst: Conn, *, body: BodyKind, length: int
 
 
 # -- connection-level --------------------------------------------------------
-
-
-def sniff(first: bytes) -> Sniffed:
-    """What a connection speaks, from its first bytes: HTTP/2 prior knowledge, HTTP/1.x, or something else.
-
-    ``need-more`` while the bytes so far are a prefix of both answers; a
-    caller that cannot get more (the client waits for the server to talk
-    first) should treat the connection as ``tcp`` after a short timeout.
-    """
-    if first[: len(H2_PREFACE)] == H2_PREFACE[: len(first)]:
-        return "h2c" if len(first) >= len(H2_PREFACE) else "need-more"
-    line_end = first.find(b"\r\n")
-    line = first if line_end < 0 else first[:line_end]
-    method, sp1, rest = line.partition(b" ")
-    if not method or len(method) > 32 or method.translate(None, _TCHARS):
-        return "tcp" if method or sp1 else "need-more"
-    if not sp1:
-        return "need-more" if line_end < 0 else "tcp"
-    target, sp2, version = rest.partition(b" ")
-    if target.translate(None, _TARGET_BYTES) or (sp2 and not target):
-        return "tcp"
-    if not sp2:
-        return "need-more" if line_end < 0 and len(target) < MAX_HEAD else "tcp"
-    if line_end < 0:
-        return "need-more" if b"HTTP/1.1".startswith(version) or b"HTTP/1.0".startswith(version) else "tcp"
-    return "http1" if version in _VERSIONS else "tcp"
 
 
 async def _pump(src: Conn, dst: Conn, both: tuple[Conn, Conn]) -> None:

@@ -48,3 +48,51 @@ class Limits:
 def _camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+class ConnectionCaps:
+    """Admission of client connections under ``max_connections`` and ``max_connections_per_source``.
+
+    Pure bookkeeping: the listener asks :meth:`admit` for each accepted
+    connection (and closes it at once when refused) and calls
+    :meth:`release` when an admitted one ends. A refusal is worth one log
+    line per source per ``log_every`` seconds, not one per connection: a
+    flood must not turn into a log flood.
+    """
+
+    def __init__(self, limits: Limits, *, log_every: float = 60.0) -> None:
+        self.limits = limits
+        self.log_every = log_every
+        self.open = 0
+        self.by_source: dict[str, int] = {}
+        self._logged: dict[str, float] = {}
+        self.refused = 0
+
+    def admit(self, source: str, *, now: float) -> tuple[bool, str | None]:
+        """Whether a connection from ``source`` may be served, and the line to log about a refusal (or None)."""
+        count = self.by_source.get(source, 0)
+        limits = self.limits
+        if self.open >= limits.max_connections:
+            reason = f"{self.open} connections open (maxConnections {limits.max_connections})"
+        elif count >= limits.max_connections_per_source:
+            reason = f"{count} connections open from it (maxConnectionsPerSource {limits.max_connections_per_source})"
+        else:
+            self.open += 1
+            self.by_source[source] = count + 1
+            return True, None
+        self.refused += 1
+        last = self._logged.get(source)
+        if last is not None and now - last < self.log_every:
+            return False, None
+        if len(self._logged) > 4 * self.limits.max_connections:  # many sources: forget the old ones
+            self._logged = {s: t for s, t in self._logged.items() if now - t < self.log_every}
+        self._logged[source] = now
+        return False, f"refusing connections from {source}: {reason} (said once per {self.log_every:g}s per source)"
+
+    def release(self, source: str) -> None:
+        self.open -= 1
+        left = self.by_source[source] - 1
+        if left:
+            self.by_source[source] = left
+        else:
+            del self.by_source[source]

@@ -46,19 +46,19 @@ from innerloop.protocol.frames import ProtocolError
 from innerloop.protocol.session import ControlChannel, Role, Session, SessionClosed, Stream, StreamReset
 from innerloop.protocol.transport import AsyncioByteStream
 from innerloop.router.h2 import serve_h2
-from innerloop.router.http1 import BufferedConn, Conn, RequestHead, SocketConn, pipe, sniff
+from innerloop.router.http1 import BufferedConn, Conn, RequestHead, SocketConn, error_response, pipe
 from innerloop.router.intercepts import MODES, InterceptRefused, Mode, Registry
 from innerloop.router.kubeapi import InClusterApi, KubeError
-from innerloop.router.limits import Limits
+from innerloop.router.limits import ConnectionCaps, Limits
 from innerloop.router.log import log
 from innerloop.router.match import HeaderRule
 from innerloop.router.restore import restore_managed_fields, restore_selector, selector_of
 from innerloop.router.routing import serve_http1
+from innerloop.router.sniff import FIRST_BYTE_TIMEOUT, Kind, first_speaker, sniff
 
 ORIGIN = "origin"
 FIELD_MANAGER = "innerloop-intercept"
-SNIFF_TIMEOUT = 0.25  # a server-speaks-first protocol sends nothing: after this, treat it as raw TCP
-SNIFF_BYTES = 24  # the HTTP/2 preface is 24 bytes; an HTTP/1 request line shows itself sooner
+REJOIN_MARGIN = 5.0  # past the grace period: a CLI retries that long before it gives up on a router
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +142,13 @@ class Router:
         # was deleted, OOM-killed, rescheduled) registers again; by the same one, its intercept ended.
         self.instance = secrets.token_hex(8)
         self.started = time.monotonic()
+        # A router that restarted (its Service already points here) does not restore and remove itself
+        # before the CLIs that held intercepts on its predecessor had the time to register again; until
+        # :meth:`watch` has looked, assume it did.
+        self.rejoin_until = self.started + config.grace + REJOIN_MARGIN
         self._tunnels: dict[str, Session] = {}  # intercept name -> the session holding it
         self._connections: set[asyncio.Task[None]] = set()
+        self.caps = ConnectionCaps(config.limits)
         self._draining = asyncio.Event()
         self.shutting_down = False
         self.done = asyncio.Event()
@@ -160,6 +165,15 @@ class Router:
 
     def handler(self, route: PortRoute) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
         async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")
+            source = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+            admitted, why = self.caps.admit(source, now=time.monotonic())
+            if not admitted:
+                # Over a cap: closed before one byte is read, so a flood costs a file descriptor for an instant.
+                if why is not None:
+                    log(f"port {route.port}: {why}")
+                writer.transport.abort()
+                return
             task = asyncio.current_task()
             assert task is not None
             self._connections.add(task)
@@ -169,6 +183,7 @@ class Router:
             except Exception as err:  # one broken connection never takes the router down
                 log(f"port {route.port}: connection broken: {type(err).__name__}: {err}")
             finally:
+                self.caps.release(source)
                 self._connections.discard(task)
                 writer.close()
                 with contextlib.suppress(OSError):
@@ -177,27 +192,59 @@ class Router:
         return on_connection
 
     async def _serve_connection(self, route: PortRoute, client: SocketConn) -> None:
+        """Route one client connection: whole (a global intercept), per request (HTTP), per stream (h2c), or raw.
+
+        What the connection speaks is decided by :mod:`innerloop.router.sniff`
+        within ``head_timeout`` of its start; a client that sends nothing for
+        ``FIRST_BYTE_TIMEOUT`` meets the origin, and whoever speaks first
+        decides (see :func:`innerloop.router.sniff.first_speaker`).
+        """
         name = self.registry.global_for(route.port)
         if name is not None:
             upstream = await self._connect(route, name)
             await pipe(client, upstream)
             return
+        limits = self.config.limits
+        deadline = asyncio.get_running_loop().time() + limits.head_timeout
+        buffered = BufferedConn(client)
+        origin: Conn | None = None
+        greeting = b""
+        kind: Kind = "tcp"
         try:
-            first = await asyncio.wait_for(client.read(SNIFF_BYTES), SNIFF_TIMEOUT)
+            async with asyncio.timeout_at(deadline):
+                try:
+                    async with asyncio.timeout(FIRST_BYTE_TIMEOUT):
+                        if not await buffered.fill():
+                            return  # a probe, or a client that gave up
+                except TimeoutError:
+                    # Silent so far: a server-speaks-first protocol, or a slow client. Ask the origin.
+                    origin = await self._connect(route, ORIGIN)
+                    greeting = await first_speaker(buffered, origin)
+                if not greeting and buffered.buffered:
+                    kind = await sniff(buffered, limit=limits.max_head_bytes)
         except TimeoutError:
-            first = b""
-            kind = "tcp"
-        else:
-            if not first:
-                return  # a probe, or a client that gave up
-            kind = sniff(first)
-            while kind == "need-more":
-                more = await client.read(SNIFF_BYTES)
-                if not more:
-                    break
-                first += more
-                kind = sniff(first)
-        buffered = BufferedConn(client, first)
+            if origin is not None:
+                await origin.close()
+            if buffered.buffered:  # the start of a request, never completed
+                with contextlib.suppress(OSError):
+                    await client.write(error_response(408, "request not received in time"))
+            return
+        if greeting:
+            assert origin is not None
+            await client.write(greeting)
+            await pipe(buffered, origin)
+            return
+        if not buffered.buffered:  # one side closed without a word
+            if origin is not None:
+                await origin.close()
+            return
+        if kind == "tcp":
+            upstream = origin or await self._connect(route, ORIGIN)
+            await upstream.write(buffered.take_buffer())
+            await pipe(buffered, upstream)
+            return
+        if origin is not None:
+            await origin.close()
         if kind == "http1":
 
             def choose(head: RequestHead) -> Hashable:
@@ -209,25 +256,21 @@ class Router:
                 connect=lambda key: self._connect(route, str(key)),
                 draining=self._draining,
                 on_exchange=self._count,
+                limits=limits,
+                head_deadline=deadline,
             )
             return
-        if kind == "h2c":
 
-            def choose_stream(headers: list[tuple[bytes, bytes]]) -> Hashable:
-                return self.registry.personal_for(route.port, headers) or ORIGIN
+        def choose_stream(headers: list[tuple[bytes, bytes]]) -> Hashable:
+            return self.registry.personal_for(route.port, headers) or ORIGIN
 
-            await serve_h2(
-                buffered,
-                choose=choose_stream,
-                connect=lambda key: self._connect(route, str(key)),
-                draining=self._draining,
-                on_exchange=lambda key, _status: self._tally(key),
-            )
-            return
-        upstream = await self._connect(route, ORIGIN)
-        if first:
-            await upstream.write(first)
-        await pipe(client, upstream)
+        await serve_h2(
+            buffered,
+            choose=choose_stream,
+            connect=lambda key: self._connect(route, str(key)),
+            draining=self._draining,
+            on_exchange=lambda key, _status: self._tally(key),
+        )
 
     def _count(self, key: Hashable, head: RequestHead, status: int) -> None:
         self._tally(key)
@@ -291,7 +334,10 @@ class Router:
                     # Left from another terminal: the holding CLI learns it from its session's end.
                     self._spawn(holder.close(f"intercept {name} was left"))
                 log(f"{name}: {intercept.owner} left")
-                return {"op": "left", "id": request_id, "name": name, "remaining": len(self.registry)}
+                answer = {"op": "left", "id": request_id, "name": name, "remaining": len(self.registry)}
+                if not len(self.registry) and (wait := self.rejoin_until - time.monotonic()) > 0:
+                    answer["rejoining"] = round(wait, 1)  # the Service is restored after that, if no one came back
+                return answer
             if op == "list":
                 return {
                     "op": "intercepts",
@@ -348,7 +394,13 @@ class Router:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Expire detached intercepts; when none is left, restore and remove everything."""
+        """Expire detached intercepts; when none is left, restore and remove everything.
+
+        Not before ``rejoin_until`` when this router replaced one that held intercepts: their CLIs
+        register again within seconds, and one that leaves meanwhile must not end the others'.
+        """
+        if not await self._replaced_a_router():
+            self.rejoin_until = self.started
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
@@ -359,9 +411,24 @@ class Router:
             if never_used and now - self.started >= self.config.startup:
                 log(f"no intercept registered within {self.config.startup:g}s")
                 break
-            if self.registry.empty_since is not None:
+            if self.registry.empty_since is not None and now >= self.rejoin_until:
                 break
         await self.shut_down()
+
+    async def _replaced_a_router(self) -> bool:
+        """Whether the Service already pointed here when this router started: a pod deleted, evicted or
+        OOM-killed was replaced. A fresh router is pointed at only after its first registration."""
+        path = f"/api/v1/namespaces/{self.config.namespace}/services/{self.config.service}"
+        try:
+            current = await self.api.get(path)
+        except (KubeError, OSError) as err:
+            log(f"service {self.config.service}: cannot read it ({err}); assuming this router replaced another")
+            return True
+        replaced = selector_of(current) == self.config.router_selector
+        if replaced:
+            wait = self.rejoin_until - time.monotonic()
+            log(f"service {self.config.service} already points here: waiting {wait:.0f}s for the CLIs to come back")
+        return replaced
 
     async def shut_down(self) -> None:
         self.shutting_down = True

@@ -25,6 +25,15 @@ forwarding (it holds it for the replay). Larger, chunked and
 then costs the client a 502. As in browsers and Go's ``http.Transport``,
 the retry assumes the server did not act on a request it never answered.
 
+Limits (:class:`innerloop.router.limits.Limits`): a request head must be
+complete within ``head_timeout`` of its first byte (the first one within
+``head_timeout`` of the connection's start) or the client gets a 408 and
+the connection closes; a connection waiting for its next request closes
+after ``idle_timeout``; heads over ``max_head_bytes`` or ``max_headers`` are
+431s. Both timeouts share one timer per connection, re-armed lazily, and a
+head that arrived whole in one read is parsed without arming anything, so a
+kept-alive request costs no timer of its own.
+
 Streamed request bodies are sent by a task while the response is read, so an
 early answer (a 100 Continue, or a 413 before the body is done) reaches the
 client; if the upstream answers before taking the whole body, both
@@ -39,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Hashable
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
 from innerloop.router.http1 import (
     BufferedConn,
@@ -55,11 +64,14 @@ from innerloop.router.http1 import (
     read_request_head,
     read_response_head,
 )
+from innerloop.router.limits import Limits
 
 RouteKey: TypeAlias = Hashable
 Choose: TypeAlias = Callable[[RequestHead], RouteKey]
 Connect: TypeAlias = Callable[[RouteKey], Awaitable[Conn]]
 OnExchange: TypeAlias = Callable[[RouteKey, RequestHead, int], None]
+
+Phase: TypeAlias = Literal["idle", "head"]
 
 RETRY_BODY_LIMIT = 64 * 1024
 """Largest ``Content-Length`` request body read before forwarding, so the request can be replayed."""
@@ -95,7 +107,12 @@ class _UpstreamWriter:
 
 
 class _ClientConnection:
-    """The state of one client connection: its cached upstreams, and the draining flag's watcher."""
+    """The state of one client connection: its cached upstreams, its one timer, and the draining flag's watcher.
+
+    The timer cancels the serving task only while it waits for a client
+    (``phase`` idle or head) past ``deadline``; never while a request is
+    relayed.
+    """
 
     def __init__(
         self,
@@ -105,27 +122,35 @@ class _ClientConnection:
         connect: Connect,
         draining: asyncio.Event | None,
         on_exchange: OnExchange | None,
+        limits: Limits,
+        head_deadline: float | None,
     ) -> None:
         self.client = client
         self.choose = choose
         self.connect = connect
         self.draining = draining
         self.on_exchange = on_exchange
+        self.limits = limits
+        self.head_deadline = head_deadline
         self.upstreams: dict[RouteKey, BufferedConn] = {}
-        self.idle = False
-        self.cancelled_idle = False
+        self.phase: Phase | None = None
+        self.deadline = 0.0
+        self.interrupted: Literal["drained", "idle", "head"] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     async def run(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
         watcher: asyncio.Task[bool] | None = None
         if self.draining is not None:
             # One watcher per connection (not a race per request): cancels us only while we wait for a new request.
-            task = asyncio.current_task()
-            assert task is not None
 
             def drained(_: asyncio.Task[bool]) -> None:
-                if self.idle and not task.done():
-                    self.cancelled_idle = True
-                    task.cancel()
+                if self.phase == "idle":
+                    self._interrupt("drained")
 
             watcher = asyncio.create_task(self.draining.wait())
             watcher.add_done_callback(drained)
@@ -136,6 +161,8 @@ class _ClientConnection:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
             for upstream in self.upstreams.values():
                 with contextlib.suppress(OSError):
                     await upstream.close()
@@ -143,26 +170,86 @@ class _ClientConnection:
             with contextlib.suppress(OSError):
                 await self.client.close()
 
+    # -- the timer ------------------------------------------------------------------------------
+
+    def _interrupt(self, why: Literal["drained", "idle", "head"]) -> None:
+        task = self._task
+        if task is not None and not task.done() and self.interrupted is None:
+            self.interrupted = why
+            task.cancel()
+
+    def _wait_for_client(self, phase: Phase, deadline: float) -> None:
+        """From now on, waiting for the client is limited to ``deadline`` (loop time)."""
+        self.phase = phase
+        self.deadline = deadline
+        if self._timer is None or self._timer_at > deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.phase is None:
+            return
+        if asyncio.get_running_loop().time() >= self.deadline:
+            self._interrupt(self.phase)
+        else:  # the deadline moved on since the timer was set: sleep until the new one
+            self._timer = asyncio.get_running_loop().call_at(self.deadline, self._on_timer)
+            self._timer_at = self.deadline
+
+    def _interrupted(self) -> Literal["drained", "idle", "head"] | None:
+        """After a CancelledError: why our own timer or watcher cancelled us, None if someone else did."""
+        task = self._task
+        why = self.interrupted
+        if why is not None and task is not None and task.uncancel() == 0:
+            self.interrupted = None
+            return why
+        return None
+
+    # -- serving --------------------------------------------------------------------------------
+
     async def _serve(self) -> None:
         client = self.client
+        limits = self.limits
+        loop = asyncio.get_running_loop()
+        first = True
+        head_deadline = self.head_deadline if self.head_deadline is not None else loop.time() + limits.head_timeout
         while True:
             if not client.buffered:
                 if self.draining is not None and self.draining.is_set():
                     return
-                self.idle = True
+                self._wait_for_client("idle", head_deadline if first else loop.time() + limits.idle_timeout)
                 try:
                     more = await client.fill()
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if self.cancelled_idle and task is not None and task.uncancel() == 0:
-                        return
-                    raise
+                    why = self._interrupted()
+                    if why is None:
+                        raise
+                    if why == "head":
+                        await self._reply_error(408, "request head not received in time")
+                    return
                 finally:
-                    self.idle = False
+                    self.phase = None
                 if not more:
                     return
+            if not first:
+                head_deadline = loop.time() + limits.head_timeout
+            first = False
             try:
-                request = await read_request_head(client)
+                if client.has(b"\r\n\r\n") and not client.starts_with(b"\r\n"):
+                    request = await read_request_head(client, limits=limits)  # all there: nothing to wait for
+                else:
+                    self._wait_for_client("head", head_deadline)
+                    try:
+                        request = await read_request_head(client, limits=limits)
+                    except asyncio.CancelledError:
+                        if self._interrupted() is None:
+                            raise
+                        await self._reply_error(408, f"request head not complete within {limits.head_timeout:g}s")
+                        return
+                    finally:
+                        self.phase = None
             except IncompleteMessage:
                 return
             except HttpError as error:
@@ -261,6 +348,7 @@ class _ClientConnection:
                 body=request.body,
                 length=request.content_length,
                 prefix=request.raw,
+                limits=self.limits,
             )
         )
         receiving = asyncio.ensure_future(self._read_final_response(upstream, request))
@@ -353,6 +441,8 @@ async def serve_http1(
     connect: Connect,
     draining: asyncio.Event | None = None,
     on_exchange: OnExchange | None = None,
+    limits: Limits | None = None,
+    head_deadline: float | None = None,
 ) -> None:
     """Serve one client connection until it ends, routing each request; closes the client and its upstreams.
 
@@ -363,6 +453,17 @@ async def serve_http1(
     connection. Once ``draining`` is set the current response carries
     ``Connection: close`` and an idle connection closes at once.
     ``on_exchange(route, request, status)`` runs after each relayed response.
+    ``limits`` bound heads and waiting (see the module); ``head_deadline``
+    (loop time) is when the first request head must be complete, by default
+    ``head_timeout`` from now (the router counts from the connection's start).
     """
-    connection = _ClientConnection(client, choose=choose, connect=connect, draining=draining, on_exchange=on_exchange)
+    connection = _ClientConnection(
+        client,
+        choose=choose,
+        connect=connect,
+        draining=draining,
+        on_exchange=on_exchange,
+        limits=limits or Limits(),
+        head_deadline=head_deadline,
+    )
     await connection.run()

@@ -1,7 +1,8 @@
 """``python -m innerloop.agent``: the container entrypoint in dev mode.
 
-``run --listen HOST:PORT --token-file F -- CMD...`` starts the app, serves the
-CLI (which reaches HOST:PORT through a port-forward) and, on SIGTERM or
+``run --listen HOST:PORT --token-sha256-file F -- CMD...`` starts the app, serves the
+CLI (which reaches HOST:PORT through a port-forward; F holds the sha256 of
+the token it must present, see ``server.py``) and, on SIGTERM or
 SIGINT, forwards the signal to the app, waits for it and exits with its exit
 code, as if the app itself had been the entrypoint. A second signal kills
 the app at once.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -40,15 +42,23 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def read_token(path: str) -> str:
+def read_token_sha256(path: str) -> str:
+    """The token hash in ``path`` (64 lowercase hex digits); ``ValueError`` or ``OSError`` otherwise."""
+    with open(path) as file:
+        digest = file.read().strip()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"{path} does not hold a sha256 in lowercase hex")
+    return digest
+
+
+def check_token_file(path: str) -> None:
+    """Fail at start, with one line, when the token file is missing or malformed."""
     try:
-        with open(path) as file:
-            token = file.read().strip()
+        read_token_sha256(path)
     except OSError as exc:
         raise SystemExit(f"innerloop-agent: cannot read the token file {path}: {exc.strerror}") from None
-    if not token:
-        raise SystemExit(f"innerloop-agent: the token file {path} is empty")
-    return token
+    except ValueError as exc:
+        raise SystemExit(f"innerloop-agent: {exc}") from None
 
 
 def app_environment(environ: Mapping[str, str], runtime_prefix: str) -> dict[str, str]:
@@ -75,7 +85,7 @@ async def run_agent(
     *,
     host: str,
     port: int,
-    token: str,
+    token_file: str,
     command: Sequence[str],
     grace: float = DEFAULT_GRACE,
     reap_all: bool = True,
@@ -86,7 +96,9 @@ async def run_agent(
     reaper = ChildReaper(reap_all=reap_all)
     reaper.install()
     supervisor = Supervisor(command, reaper=reaper, grace=grace, env=app_environment(os.environ, sys.prefix))
-    agent = AgentServer(token=token, supervisor=supervisor, started_at=started_at)
+    agent = AgentServer(
+        trusted=functools.partial(read_token_sha256, token_file), supervisor=supervisor, started_at=started_at
+    )
     stop = asyncio.Event()
     received: list[signal.Signals] = []
 
@@ -129,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="action", required=True)
     run = commands.add_parser("run", help="supervise the app and serve the CLI")
     run.add_argument("--listen", type=parse_listen, required=True, metavar="HOST:PORT")
-    run.add_argument("--token-file", required=True)
+    run.add_argument("--token-sha256-file", required=True, help="holds the sha256 of the token the CLI presents")
     run.add_argument(
         "--grace", type=float, default=DEFAULT_GRACE, help="seconds between SIGTERM and SIGKILL on restart"
     )
@@ -161,5 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         parser.error("run: the app command is missing (after --)")
     host, port = args.listen
-    token = read_token(args.token_file)
-    return asyncio.run(run_agent(host=host, port=port, token=token, command=command, grace=args.grace))
+    check_token_file(args.token_sha256_file)
+    return asyncio.run(
+        run_agent(host=host, port=port, token_file=args.token_sha256_file, command=command, grace=args.grace)
+    )

@@ -1,12 +1,37 @@
 """The agent's side of the protocol: accept the CLI, check its token, serve its requests.
 
-One controller at a time. A connection must say ``hello`` with the token
-from the agent's token file (compared in constant time) within a few
-seconds; a wrong token gets ``denied`` and never disturbs the controller
-that is connected. A right token *replaces* the current controller (its
-session ends with GOAWAY): only the holder of the token can do that, and it
-is what a CLI reconnecting after a broken port-forward needs, without
-waiting for the keepalive to notice that the old connection is dead.
+One controller at a time. A connection must say ``hello`` with a token
+within a few seconds; a wrong token gets ``denied`` and never disturbs the
+controller that is connected. A right token *replaces* the current
+controller (its session ends with GOAWAY): only the holder of the token can
+do that, and it is what a CLI reconnecting after a broken port-forward
+needs, without waiting for the keepalive to notice that the old connection
+is dead.
+
+Tokens. The agent never holds a token, only its sha256: the Secret mounted
+at the token file holds the hash, so whoever may read Secrets in the
+namespace (every holder of the documented Role) learns nothing that opens
+the agent. Which hash is trusted:
+
+- until a controller rotated it, the token file's, read again on every
+  ``hello`` (a mounted Secret changes in place, so a pod that outlived an
+  `up` follows the newest one's Secret);
+- once a greeted controller sent ``rotate``, that hash alone, in memory:
+  the file no longer counts (a teammate who rewrites the Secret does not
+  gain the running pods), and the token of an earlier `up` stops working at
+  once, without a pod restart and without waiting for the kubelet's Secret
+  refresh. A container restart forgets it and trusts the file again.
+
+Hashes are compared in constant time (``hmac.compare_digest``).
+
+Capabilities: one, the controller's. Everything the agent serves is for
+`innerloop up`'s sync session: reads (``tree.request``, ``file.read``,
+``process.status``) and changes (``sync.apply``, ``process.restart``, and
+``run``, a command in the container). No other client talks to the agent:
+`innerloop run` and `intercept -- CMD` read the pod's environment from the
+API server, with the caller's Role, and never get a token. So there is no
+read-only token to issue, and nothing short of the controller's token
+reaches any of these.
 
 Each connection owns its tasks: the request handlers (so a long ``run`` does
 not hold up ``process.status``), the loop that accepts sync streams, and
@@ -21,12 +46,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from innerloop import __version__
 from innerloop.agent.log import log
@@ -55,6 +81,7 @@ from innerloop.protocol.messages import (
     Welcome,
     decode_message,
     encode_message,
+    token_sha256,
 )
 from innerloop.protocol.session import (
     MAX_CONTROL_MESSAGE,
@@ -82,13 +109,19 @@ class AgentServer:
     def __init__(
         self,
         *,
-        token: str,
         supervisor: Supervisor,
+        trusted: Callable[[], str] | None = None,
+        token: str | None = None,
         started_at: float | None = None,
         keepalive_interval: float | None = 10.0,
         keepalive_timeout: float = 30.0,
     ) -> None:
-        self._token = token.encode()
+        if trusted is None:
+            if token is None:
+                raise ValueError("AgentServer needs trusted (the token file's reader) or a token")
+            trusted = functools.partial(str, token_sha256(token))  # for tests and embedders holding the token
+        self._trusted_file = trusted  # the token file's hash, read on each hello
+        self._rotated: str | None = None  # set by a greeted controller; then the file no longer counts
         self.supervisor = supervisor
         self.started_at = time.time() if started_at is None else started_at
         self._keepalive_interval = keepalive_interval
@@ -152,6 +185,9 @@ class AgentServer:
         if reason is not None:
             await self._deny(session, control, request_id, reason)
             return
+        if hello.rotate is not None and hello.rotate != self._rotated:
+            self._rotated = hello.rotate
+            log("the controller rotated the token; earlier tokens no longer open this agent")
         session.authenticated()
         control.max_message = MAX_CONTROL_MESSAGE
         connection = Connection(self, session, control)
@@ -180,7 +216,15 @@ class AgentServer:
                 f"protocol version {hello.version} is not supported; this agent speaks {PROTOCOL_VERSION}. "
                 "Run `innerloop up` again to redeploy the agent."
             )
-        if not hmac.compare_digest(hello.token.encode("utf-8", "replace"), self._token):
+        trusted = self._rotated
+        if trusted is None:
+            try:
+                trusted = self._trusted_file()
+            except (OSError, ValueError) as exc:
+                return f"this agent cannot read its token file: {exc}"
+        # Every candidate is hashed and compared, so the time taken says nothing about which matched.
+        matches = [hmac.compare_digest(token_sha256(token), trusted) for token in hello.tokens]
+        if not any(matches):
             return "wrong token: this agent belongs to another `innerloop up` session"
         return None
 

@@ -12,7 +12,8 @@ Nothing is rebuilt and nothing needs a shell or tar in the image:
   command as its child, serves the CLI on a loopback port inside the pod, and
   restarts the child after a sync without the container ever exiting (so no
   CrashLoopBackOff and no liveness failure);
-- the agent's token comes from a Secret mounted read-only.
+- the agent's token *hash* comes from a Secret mounted read-only (the token
+  itself stays with the CLI: see :mod:`innerloop.agent.server`).
 
 Every added container passes the *restricted* Pod Security Standard.
 """
@@ -28,6 +29,7 @@ from innerloop.builders.agent_image import IMAGE_ROOT, MOUNT_ROOT, runtime_comma
 from innerloop.deploy.render import pod_spec
 
 TOKEN_DIR = "/.innerloop-token"
+TOKEN_KEY = "sha256"  # the token Secret's one key: the hash of the token, never the token
 SYNC_SEED_DIR = "/.innerloop-sync"
 DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
 AGENT_PORT_ANNOTATION = "innerloop.dev/agent-port"
@@ -149,8 +151,8 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
         "run",
         "--listen",
         f"127.0.0.1:{dev.agent_port}",
-        "--token-file",
-        f"{TOKEN_DIR}/token",
+        "--token-sha256-file",
+        f"{TOKEN_DIR}/{TOKEN_KEY}",
         "--",
         *dev.command,
     ]
@@ -215,3 +217,119 @@ def app_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
             if c.get("name") != INSTALL_CONTAINER and not str(c.get("name")).startswith(SEED_CONTAINER_PREFIX)
         ]
     return doc
+
+
+# -- is this pod the one `up` deployed? ------------------------------------------------
+
+# What the API server fills in on a container (not in our plan), and may differ from it.
+_DEFAULTED_CONTAINER_KEYS = frozenset({"terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy"})
+_SKIPPED_CONTAINER_KEYS = frozenset({"resources"})  # quantities are normalized ("0.1" -> "100m"); not identity
+_SA_VOLUME_PREFIX = "kube-api-access-"  # the token volume the ServiceAccount admission adds to every pod
+_SA_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+_POD_FLAGS = ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace")
+
+
+def _empty(value: object) -> bool:
+    return value is None or value is False or value in ("", {}, [])
+
+
+def _covers(planned: object, actual: object) -> bool:
+    """``actual`` has everything ``planned`` says (defaults may add keys; a missing key equals an empty value)."""
+    if isinstance(planned, Mapping):
+        if not isinstance(actual, Mapping):
+            return _empty(actual) and all(_empty(v) for v in planned.values())
+        # ``{}`` is kept by the API server where it means something (``emptyDir: {}``): it must be there.
+        return all(
+            _covers(value, actual[key]) if key in actual else _empty(value) and value != {}
+            for key, value in planned.items()
+        )
+    if isinstance(planned, list):
+        actual_list = actual if isinstance(actual, list) else [] if _empty(actual) else None
+        return actual_list is not None and len(planned) == len(actual_list) and all(map(_covers, planned, actual_list))
+    return planned == actual or (_empty(planned) and _empty(actual))
+
+
+def _sa_mount(mount: Mapping[str, Any]) -> bool:
+    return str(mount.get("name", "")).startswith(_SA_VOLUME_PREFIX) and mount.get("mountPath") == _SA_MOUNT_PATH
+
+
+def _container_difference(planned: Mapping[str, Any], actual: Mapping[str, Any]) -> str | None:
+    name = planned.get("name")
+    added = set(actual) - set(planned) - _DEFAULTED_CONTAINER_KEYS - _SKIPPED_CONTAINER_KEYS
+    added = {key for key in added if not _empty(actual[key])}
+    if added:
+        return f"container {name} has {', '.join(sorted(added))}, which innerloop did not set"
+    for key, value in planned.items():
+        if key in _SKIPPED_CONTAINER_KEYS:
+            continue
+        got = actual.get(key)
+        if key == "volumeMounts":
+            got = [m for m in got or [] if not _sa_mount(m)]
+        if not _covers(value, got):
+            return f"container {name}: its {key} is not the one innerloop deployed"
+    return None
+
+
+def _pod_difference(planned: Mapping[str, Any], actual: Mapping[str, Any]) -> str | None:
+    for group in ("initContainers", "containers"):
+        ours = [c for c in planned.get(group) or [] if isinstance(c, Mapping)]
+        theirs = [c for c in actual.get(group) or [] if isinstance(c, Mapping)]
+        if [c.get("name") for c in ours] != [c.get("name") for c in theirs]:
+            names = ", ".join(str(c.get("name")) for c in theirs) or "none"
+            return f"its {group} are {names}, not the ones innerloop deployed"
+        for mine, found in zip(ours, theirs, strict=True):
+            difference = _container_difference(mine, found)
+            if difference is not None:
+                return difference
+    volumes = [
+        v
+        for v in actual.get("volumes") or []
+        if not (str(v.get("name", "")).startswith(_SA_VOLUME_PREFIX) and "projected" in v)
+    ]
+    if not _covers(list(planned.get("volumes") or []), volumes):
+        return "its volumes are not the ones innerloop deployed"
+    for flag in _POD_FLAGS:
+        if bool(actual.get(flag)) != bool(planned.get(flag)):
+            return f"its {flag} is {bool(actual.get(flag))}"
+    return None
+
+
+def _owned_by(pod: Mapping[str, Any], workload: Mapping[str, Any]) -> bool:
+    """The pod was made by this workload's controller (nobody with the documented Role can create pods)."""
+    meta = pod.get("metadata") or {}
+    name = (workload.get("metadata") or {}).get("name")
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller")]
+    if len(owners) != 1:
+        return False
+    owner = owners[0]
+    if workload.get("kind") == "StatefulSet":
+        return bool(owner.get("kind") == "StatefulSet" and owner.get("name") == name)
+    # The Deployment controller names each ReplicaSet <deployment>-<pod-template-hash> and labels its pods
+    # with that hash; a Deployment of another name (say web-x) yields web-x-<hash>, never web-<hash>.
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash")
+    return bool(owner.get("kind") == "ReplicaSet" and template_hash and owner.get("name") == f"{name}-{template_hash}")
+
+
+def check_agent_pod(pod: Mapping[str, Any], workloads: Sequence[Mapping[str, Any]]) -> str | None:
+    """None if ``pod`` runs what one of ``workloads`` (the dev-mode workloads `up` applied) says; else why not.
+
+    The CLI sends its tokens, and then the developer's files, only to a pod
+    that passes: made by the workload's own controller, and whose containers,
+    init containers and volumes are the planned ones (images, commands,
+    environment, mounts, security context; what the API server only
+    defaults is allowed). A teammate who patches the Deployment to serve a
+    fake agent (another image, command, an added container or volume) gets
+    pods that fail this, also after restoring the template while such a pod
+    still runs.
+    """
+    reason = "no workload was applied"
+    for workload in workloads:
+        template = ((workload.get("spec") or {}).get("template") or {}).get("spec") or {}
+        if not _owned_by(pod, workload):
+            reason = f"it was not created by {workload.get('kind')} {(workload.get('metadata') or {}).get('name')}"
+            continue
+        difference = _pod_difference(template, pod.get("spec") or {})
+        if difference is None:
+            return None
+        reason = difference
+    return reason

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from innerloop.config import Problem, Project, Service
-from innerloop.deploy.devmode import DevMode, apply_dev_mode, find_container, original_command
+from innerloop.deploy.devmode import TOKEN_KEY, DevMode, apply_dev_mode, find_container, original_command
 from innerloop.deploy.render import pin_images, pod_spec
+from innerloop.protocol.messages import token_sha256
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 AGENT_PORT = 47600
@@ -247,7 +248,8 @@ def plan_service(
                 "kind": "Secret",
                 "metadata": {"name": secret},
                 "type": "Opaque",
-                "stringData": {"token": token},
+                # Only the hash: every holder of the Role reads Secrets (see agent/server.py).
+                "stringData": {TOKEN_KEY: token_sha256(token)},
             },
         )
     elif service.env:

@@ -10,11 +10,9 @@ the record :mod:`innerloop.deploy.apply` keeps in the cluster).
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import dataclasses
 import functools
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import watchfiles
 from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Secret
+from lightkube.resources.core_v1 import Namespace
 
 from innerloop.builders.agent_image import AgentImageError, AgentPlan, build_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
@@ -39,11 +37,11 @@ from innerloop.engine.plan import (
     assign_objects,
     plan_service,
     start_order,
-    token_secret_name,
 )
 from innerloop.engine.sources import build_service_image, read_manifests
 from innerloop.engine.store import Store
 from innerloop.engine.target import Target, UpError
+from innerloop.engine.tokens import session_tokens
 from innerloop.forward.forward import ForwardError, ForwardEvent, PortForward
 from innerloop.forward.local_port import port_in_use
 from innerloop.logs.follower import LogFollower
@@ -64,18 +62,6 @@ async def ensure_namespace(client: AsyncClient, name: str) -> None:
         if err.status.code != 404:
             raise
         await client.create(Namespace(metadata=ObjectMeta(name=name)))
-
-
-async def existing_token(client: AsyncClient, project: str, service: str, namespace: str) -> str:
-    """The agent token of a previous `up` (so its pods stay reachable after a crash), or a new one."""
-    try:
-        secret = await client.get(Secret, token_secret_name(project, service), namespace=namespace)
-    except ApiError as err:
-        if err.status.code != 404:
-            raise
-        return secrets.token_urlsafe(32)
-    data = secret.data or {}
-    return base64.b64decode(data["token"]).decode() if "token" in data else secrets.token_urlsafe(32)
 
 
 class DevLoop:
@@ -102,7 +88,8 @@ class DevLoop:
         self.built: dict[str, BuiltImageInfo] = {}
         self.agent_tag = ""
         self.agent_plan: AgentPlan | None = None
-        self.tokens: dict[str, str] = {}
+        self.tokens: dict[str, list[str]] = {}  # per service: this up's agent token, then kept earlier ones
+        self.applied: dict[str, list[ServicePlan]] = {}  # per service: every plan this up applied
         self.forwards: list[tuple[str, PortConfig, PortForward]] = []
 
     # -- build and deploy -------------------------------------------------------
@@ -182,9 +169,13 @@ class DevLoop:
     async def _apply_service(self, client: AsyncClient, name: str, docs: list[dict[str, Any]]) -> None:
         """Render one service's objects (built tags pinned, dev-mode patch) and apply them."""
         if name not in self.tokens:
-            self.tokens[name] = await existing_token(client, self.project.name, name, self.namespace)
-        plan = self._plan(name, docs, token=self.tokens[name], built=self.built)
+            # Saved on this machine before the Secret (its hash) is applied: see engine/tokens.py.
+            self.tokens[name] = await asyncio.to_thread(
+                session_tokens, self.root, namespace=self.namespace, service=name
+            )
+        plan = self._plan(name, docs, token=self.tokens[name][0], built=self.built)
         self.plans[name] = plan
+        self.applied.setdefault(name, []).append(plan)  # the pods the sync session may trust
         self.store.update(name, phase="deploying")
         await apply_all(
             client, project=self.project.name, namespace=self.namespace, docs=plan.docs, project_dir=self.root
@@ -279,7 +270,8 @@ class DevLoop:
                         namespace=self.namespace,
                         service=name,
                         plan=plan,
-                        token=self.tokens[name],
+                        tokens=self.tokens[name],
+                        applied=self.applied[name],
                         root=self.root,
                         config=service,
                         store=self.store,

@@ -1,6 +1,6 @@
 """The CLI's handle on one agent: typed requests over one session.
 
-``AgentClient.connect(io, token=...)`` runs the handshake over any
+``AgentClient.connect(io, tokens=...)`` runs the handshake over any
 ``ByteStream`` (a TCP socket in tests, a port-forward through the API server
 in the CLI) and returns a client whose methods send one request each and
 return the agent's typed answer; an ``error`` answer raises ``AgentError``.
@@ -133,12 +133,23 @@ class AgentClient:
         cls,
         io: ByteStream,
         *,
-        token: str,
+        tokens: Sequence[str] = (),
+        token: str | None = None,
+        rotate: str | None = None,
         keepalive_interval: float | None = 10.0,
         keepalive_timeout: float = 30.0,
         hello_timeout: float = 10.0,
     ) -> AgentClient:
-        """Start a session over ``io`` and greet the agent; ``AgentDenied`` if it refuses."""
+        """Start a session over ``io`` and greet the agent; ``AgentDenied`` if it refuses.
+
+        ``tokens``: newest first (``token``: just one); ``rotate``: the hash the agent trusts from
+        now on (see ``Hello``).
+        Send them only to an agent verified first (``deploy.devmode.check_agent_pod``): a
+        token is a password, and whoever answers here learns it.
+        """
+        candidates = [*tokens, *([token] if token is not None else [])]
+        if not candidates:
+            raise ValueError("AgentClient.connect needs a token")
         session = Session(
             io,
             role=Role.CLIENT,
@@ -149,7 +160,7 @@ class AgentClient:
         session.start()
         try:
             control = ControlChannel(session.control, max_message=WELCOME_MAX)
-            await control.send(encode_message(Hello(token=token), 1))
+            await control.send(encode_message(Hello(tokens=candidates, rotate=rotate), 1))
             raw = await asyncio.wait_for(control.receive(), hello_timeout)
             if raw is None:
                 raise AgentError(f"the agent closed the connection during the handshake: {session.close_reason}")

@@ -7,7 +7,7 @@ can be answered with ``error{reason}`` instead of its usual answer.
 
 | request (CLI -> agent)             | answer                                   |
 |------------------------------------|------------------------------------------|
-| ``hello{version, token}``          | ``welcome{...}`` or ``denied{reason}``   |
+| ``hello{version, tokens, rotate}`` | ``welcome{...}`` or ``denied{reason}``   |
 | ``tree.request{root}``             | ``tree{root, files: {path: sha256}}``    |
 | ``sync.apply{root, files, deletes, stream}`` | ``sync.done{applied, deleted, ms}`` |
 | ``process.restart{}``              | ``process.restarted{pid, ms}``           |
@@ -30,11 +30,13 @@ agent's start time is paid on every pod start. Treat them as values anyway.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 
-PROTOCOL_VERSION = 2  # 2: stream windows of 4 MiB
+PROTOCOL_VERSION = 3  # 2: stream windows of 4 MiB; 3: the agent holds token hashes, hello rotates them
+MAX_HELLO_TOKENS = 4
 
 ProcessState: TypeAlias = Literal["running", "exited", "restarting"]
 PROCESS_STATES: tuple[ProcessState, ...] = ("running", "exited", "restarting")
@@ -104,18 +106,47 @@ def _str_map(data: Mapping[str, Any], op: str, name: str) -> dict[str, str]:
 # -- handshake ----------------------------------------------------------------
 
 
+def token_sha256(token: str) -> str:
+    """What the agent keeps of a token (its Secret holds only this): sha256, hex."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 @dataclass(kw_only=True)
 class Hello:
+    """The CLI's greeting: its tokens, newest first, and the hash the agent trusts from now on.
+
+    ``tokens`` are this `up`'s and those of the few before it that this
+    machine kept (so pods a crashed `up` left behind are still reached);
+    ``rotate``, if set, replaces whatever the agent trusted with that one
+    hash, so a token stops opening the agent as soon as a newer `up`
+    greeted it, without waiting for the kubelet to refresh the Secret.
+    """
+
     OP: ClassVar[str] = "hello"
     version: int = PROTOCOL_VERSION
-    token: str = field(repr=False)
+    tokens: list[str] = field(repr=False)
+    rotate: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "token": self.token}
+        return {"version": self.version, "tokens": self.tokens, "rotate": self.rotate}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Hello:
-        return cls(version=_int(data, cls.OP, "version"), token=_str(data, cls.OP, "token"))
+        op = cls.OP
+        version = _int(data, op, "version")
+        if version != PROTOCOL_VERSION:  # the fields below may mean something else: say only the version
+            return cls(version=version, tokens=[])
+        tokens = _str_list(data, op, "tokens")
+        if not 1 <= len(tokens) <= MAX_HELLO_TOKENS:
+            raise MessageError(f"{op}: 1 to {MAX_HELLO_TOKENS} tokens, got {len(tokens)}")
+        rotate = _opt_str(data, op, "rotate")
+        if rotate is not None and not _is_sha256(rotate):
+            raise MessageError(f"{op}: rotate must be a sha256 in lowercase hex")
+        return cls(version=version, tokens=tokens, rotate=rotate)
 
 
 @dataclass(kw_only=True)

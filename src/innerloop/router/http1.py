@@ -81,8 +81,7 @@ _REASONS = {
 
 def quote(data: bytes, *, limit: int = 60) -> str:
     """``data`` (its first ``limit`` bytes) for an error message: ASCII, hostile bytes escaped, never decoded."""
-    shown = data[:limit].decode("ascii", "backslashreplace")
-    return repr(shown + ("..." if len(data) > limit else ""))
+    return repr(data[:limit])[1:] + ("..." if len(data) > limit else "")
 
 
 class HttpError(Exception):
@@ -658,6 +657,15 @@ def _chunk_size(line: bytes) -> int:
     return int(size, 16)
 
 
+async def _read_chunk_line(src: BufferedConn) -> bytes:
+    try:
+        return await src.read_until(b"\r\n", limit=MAX_CHUNK_LINE)
+    except IncompleteMessage:
+        raise
+    except HttpError:
+        raise HttpError(f"chunk size or trailer line longer than {MAX_CHUNK_LINE} bytes") from None
+
+
 async def copy_chunked(
     src: BufferedConn, dst: Conn, *, prefix: bytes = b"", max_trailer_bytes: int = DEFAULT_LIMITS.max_head_bytes
 ) -> None:
@@ -671,7 +679,7 @@ async def copy_chunked(
         if out and not src.has(b"\r\n"):
             await dst.write(bytes(out))
             out.clear()
-        line = await src.read_until(b"\r\n", limit=MAX_CHUNK_LINE)
+        line = await _read_chunk_line(src)
         out += line
         size = _chunk_size(line)
         if size == 0:
@@ -700,7 +708,7 @@ async def copy_chunked(
         if out and not src.has(b"\r\n"):
             await dst.write(bytes(out))
             out.clear()
-        line = await src.read_until(b"\r\n", limit=MAX_CHUNK_LINE)
+        line = await _read_chunk_line(src)
         trailer_bytes += len(line)
         if trailer_bytes > max_trailer_bytes:
             raise HttpError("chunked trailers too large", status=431)

@@ -16,6 +16,18 @@ comparison: files are compared by content hash with its agent's tree, so it
 receives the current tree and nothing unchanged is sent twice. Two-way
 roots are pulled from one replica (the first connected); what comes home is
 then pushed to the others like any local edit.
+
+Which pods get our tokens and files: before each connection the pod (as
+the watch last saw it) must be one this `up` deployed
+(:func:`innerloop.deploy.devmode.check_agent_pod`: made by the workload's
+controller, running the planned containers); no API call is added, the
+watch already has the pod. Then ``hello`` carries this `up`'s token and the
+kept earlier ones and rotates the agent to this one (see
+:mod:`innerloop.engine.tokens`). A pod that fails the check, or an agent
+that denies every token, is not retried: retrying cannot change the answer,
+and it used to fill the log every 0.2 s forever. One line says why and what
+to do; the other replicas go on. A lost connection (port-forward dropped,
+agent restarting) is retried with a backoff, as before.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,11 +43,12 @@ from typing import TYPE_CHECKING
 from lightkube.resources.core_v1 import Pod
 
 from innerloop.config import Service
-from innerloop.deploy.devmode import DEV_MODE_ANNOTATION
+from innerloop.deploy.devmode import DEV_MODE_ANNOTATION, check_agent_pod
 from innerloop.k8s.connection import ClusterConnection, ClusterUnreachable
 from innerloop.k8s.streams import PortForwardByteStream, StreamError
 from innerloop.k8s.watching import PodSnapshot, watch_pods
-from innerloop.protocol.client import AgentClient, AgentError, FileUpload, SyncBatch
+from innerloop.protocol.client import AgentClient, AgentDenied, AgentError, FileUpload, SyncBatch
+from innerloop.protocol.messages import token_sha256
 from innerloop.protocol.session import SessionClosed
 from innerloop.sync.ignore import SyncScope, load_scope
 from innerloop.sync.tree import Scanner, hash_file
@@ -71,6 +84,7 @@ class Replica:
 
     pod: str
     sent: list[dict[str, str]]  # per root: relative path -> sha256 this agent has
+    seen: Pod | None = None  # the pod as the watch last reported it
     dirty: set[tuple[int, str]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -125,17 +139,20 @@ class SyncSession:
         namespace: str,
         service: str,
         plan: ServicePlan,
-        token: str,
         root: Path,
         config: Service,
         store: Store,
         report: Report,
+        tokens: Sequence[str] = (),
+        token: str | None = None,
+        applied: Sequence[ServicePlan] = (),
     ) -> None:
         self._conn = conn
         self._namespace = namespace
         self._service = service
         self._plan = plan
-        self._token = token
+        self._tokens = [*tokens, *([token] if token is not None else [])]  # newest first
+        self._applied = applied  # every plan this up applied (a list the loop appends to), or just ``plan``
         self._config = config
         self._store = store
         self._report = report
@@ -194,8 +211,10 @@ class SyncSession:
                         links.pop(pod).cancel()
                         self._forget(pod)
                     for pod in wanted:
+                        if pod in self._replicas:
+                            self._replicas[pod].seen = snapshot[pod]
                         if pod not in links:
-                            self._replicas[pod] = Replica(pod=pod, sent=[{} for _ in self.roots])
+                            self._replicas[pod] = Replica(pod=pod, sent=[{} for _ in self.roots], seen=snapshot[pod])
                             links[pod] = tg.create_task(self._link(self._replicas[pod]), name=f"sync-{pod}")
         finally:
             await client.close()
@@ -214,6 +233,12 @@ class SyncSession:
         while True:
             try:
                 await self._serve(replica)
+            except (NotOurAgent, AgentDenied) as err:
+                if self._primary == replica.pod:
+                    self._primary = None
+                self._store.update_replica(self._service, replica.pod, state="refused", message=str(err))
+                self._report(f"{self._service}: {err}")
+                return  # the same pod gives the same answer: a new pod gets a new link
             except (AgentError, SessionClosed, StreamError, ClusterUnreachable, OSError, TimeoutError) as err:
                 if self._primary == replica.pod:
                     self._primary = None
@@ -222,12 +247,38 @@ class SyncSession:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def _verify(self, replica: Replica) -> None:
+        """Raise ``NotOurAgent`` unless the pod is one this `up` deployed (before any token leaves)."""
+        plans = self._applied or [self._plan]
+        workloads = [
+            doc
+            for plan in plans
+            for doc in plan.docs
+            if doc.get("kind") == plan.workload_kind and (doc.get("metadata") or {}).get("name") == plan.workload_name
+        ]
+        pod = replica.seen.to_dict() if replica.seen is not None else {}
+        reason = check_agent_pod(pod, workloads)
+        if reason is not None:
+            raise NotOurAgent(
+                f"the agent in pod {replica.pod} is not the one innerloop deployed: {reason}; "
+                "run `innerloop down` then `innerloop up`"
+            )
+
     async def _serve(self, replica: Replica) -> None:
         self._store.update_replica(self._service, replica.pod, state="connecting", message="")
+        self._verify(replica)
         stream = await PortForwardByteStream.open(
             self._conn, namespace=self._namespace, pod=replica.pod, port=self._plan.agent_port
         )
-        async with await AgentClient.connect(stream, token=self._token) as agent:
+        try:
+            agent = await AgentClient.connect(stream, tokens=self._tokens, rotate=token_sha256(self._tokens[0]))
+        except AgentDenied as err:
+            raise AgentDenied(
+                f"the agent in pod {replica.pod} refused this `up`: {err}. Another `up` (yours on another "
+                "machine, or a teammate's) took it over, or the token Secret was rewritten: run "
+                "`innerloop down` then `innerloop up`"
+            ) from None
+        async with agent:
             replica.dirty.clear()  # the initial comparison covers everything changed until now
             replica.wake.clear()
             self._store.update_replica(self._service, replica.pod, state="syncing")
@@ -390,6 +441,10 @@ class SyncSession:
         started = time.perf_counter()
         await agent.restart()
         return round((time.perf_counter() - started) * 1000, 1)
+
+
+class NotOurAgent(Exception):
+    """The pod is not one this `up` deployed: nothing is sent to it; the message says what to do."""
 
 
 def _leaving(pod: Pod) -> bool:

@@ -25,6 +25,7 @@ import pytest
 
 from innerloop.agent.main import app_environment, main, parse_listen
 from innerloop.protocol.client import AgentClient, AgentDenied, FileUpload, SyncBatch
+from innerloop.protocol.messages import token_sha256
 from innerloop.protocol.transport import connect_tcp
 
 TOKEN = "e2e-token"
@@ -94,7 +95,7 @@ def agent(tmp_path: Path) -> Iterator[RunningAgent]:
     (app_dir / "app.py").write_text(HTTP_APP)
     (app_dir / "message.txt").write_text("v1")
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file.write_text(token_sha256(TOKEN) + "\n")
     port, http_port = free_port(), free_port()
     log = tmp_path / "agent.log"
     started = time.monotonic()
@@ -104,7 +105,7 @@ def agent(tmp_path: Path) -> Iterator[RunningAgent]:
                 *AGENT,
                 "--listen",
                 f"127.0.0.1:{port}",
-                "--token-file",
+                "--token-sha256-file",
                 str(token_file),
                 "--",
                 sys.executable,
@@ -189,11 +190,20 @@ def test_sigterm_stops_the_app_and_the_agent_exits_with_its_code(agent: RunningA
 
 def test_an_app_killed_by_the_signal_gives_the_shell_exit_status(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
+    token_file.write_text(token_sha256(TOKEN))
     log = tmp_path / "log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*AGENT, "--listen", f"127.0.0.1:{free_port()}", "--token-file", str(token_file), "--", "sleep", "60"],
+            [
+                *AGENT,
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--token-sha256-file",
+                str(token_file),
+                "--",
+                "sleep",
+                "60",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -210,7 +220,7 @@ def test_an_app_killed_by_the_signal_gives_the_shell_exit_status(tmp_path: Path)
 
 def test_missing_token_file_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run(
-        [*AGENT, "--listen", "127.0.0.1:1", "--token-file", str(tmp_path / "nope"), "--", "true"],
+        [*AGENT, "--listen", "127.0.0.1:1", "--token-sha256-file", str(tmp_path / "nope"), "--", "true"],
         check=False,
         capture_output=True,
         text=True,
@@ -244,7 +254,7 @@ def test_the_app_does_not_inherit_the_agents_runtime_environment() -> None:
 
 def test_app_and_run_commands_get_the_cleaned_environment(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
+    token_file.write_text(token_sha256(TOKEN))
     env_dump = tmp_path / "env"
     log = tmp_path / "log"
     port = free_port()
@@ -252,7 +262,17 @@ def test_app_and_run_commands_get_the_cleaned_environment(tmp_path: Path) -> Non
     environment = {**os.environ, "INNERLOOP_RUNTIME_ENV": "AGENT_ONLY", "AGENT_ONLY": "1", "SHARED": "yes"}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*AGENT, "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file), "--", sys.executable, "-c", app],
+            [
+                *AGENT,
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--token-sha256-file",
+                str(token_file),
+                "--",
+                sys.executable,
+                "-c",
+                app,
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=environment,
@@ -316,12 +336,12 @@ def children(pid: int) -> dict[int, tuple[str, str]]:
 def test_as_pid_1_the_agent_reaps_orphans(tmp_path: Path) -> None:
     """In a new pid namespace the agent is PID 1, as in a container: orphans become its children."""
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
+    token_file.write_text(token_sha256(TOKEN))
     # The subshell exits at once; its background loop is orphaned to PID 1 and exits when told to.
     release = tmp_path / "release"
     app = f"(while [ ! -e {release} ]; do sleep 0.05; done &); exec sleep 60"
     command = ["unshare", "--pid", "--fork", "--kill-child", *AGENT, "--listen", f"127.0.0.1:{free_port()}"]
-    command += ["--token-file", str(token_file), "--", "sh", "-c", app]
+    command += ["--token-sha256-file", str(token_file), "--", "sh", "-c", app]
     log = tmp_path / "log"
     with log.open("wb") as out:
         unshare = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)

@@ -100,7 +100,7 @@ def test_other_protocol_versions_and_messages_before_hello_are_denied() -> None:
 
     async def scenario() -> None:
         async with agent(SLEEPER) as (server, _connect):
-            old = await handshake(server, encode_message(Hello(version=0, token=TOKEN), 1))
+            old = await handshake(server, encode_message(Hello(version=0, tokens=[TOKEN]), 1))
             assert '"op":"denied"' in old
             assert "protocol version 0 is not supported" in old
             early = await handshake(server, {"op": "process.status", "id": 1})

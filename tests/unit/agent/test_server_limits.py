@@ -156,7 +156,7 @@ def test_a_ping_flood_from_a_controller_that_never_reads_keeps_the_agent_bounded
     def attack(port: int) -> None:
         sock = _connect(port)
         try:
-            sock.sendall(_control(encode_message(Hello(token=TOKEN), 1)))
+            sock.sendall(_control(encode_message(Hello(tokens=[TOKEN]), 1)))
             decoder, welcome = FrameDecoder(), list[Frame]()
             while not welcome:  # the last bytes this client reads
                 welcome = [f for f in decoder.feed(sock.recv(65536)) if b'"welcome"' in f.payload]

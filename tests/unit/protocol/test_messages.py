@@ -35,7 +35,7 @@ from innerloop.protocol.messages import (
 )
 
 EXAMPLES: list[Message] = [
-    Hello(token="s3cret"),
+    Hello(tokens=["s3cret", "older"], rotate="0" * 64),
     Welcome(agent_version="0.1.0", pid=1, started_at=1_700_000_000.5, command=["python", "app.py"]),
     Denied(reason="wrong token"),
     Error(reason="no such root"),
@@ -79,9 +79,28 @@ def test_events_carry_a_null_id() -> None:
 
 
 def test_hello_defaults_to_this_protocol_version_and_hides_the_token() -> None:
-    hello = Hello(token="s3cret")
-    assert hello.version == PROTOCOL_VERSION == 2
+    hello = Hello(tokens=["s3cret"])
+    assert hello.version == PROTOCOL_VERSION == 3
     assert "s3cret" not in repr(hello)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tokens": []}, "1 to 4 tokens, got 0"),
+        ({"tokens": ["a"] * 5}, "1 to 4 tokens, got 5"),
+        ({"tokens": ["a"], "rotate": "ABC"}, "rotate must be a sha256"),
+        ({"token": "a"}, "missing field 'tokens'"),
+    ],
+)
+def test_a_hello_with_no_token_too_many_or_a_bad_rotation_is_refused(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(MessageError, match=message):
+        decode_message({"op": "hello", "id": 1, "version": PROTOCOL_VERSION, **fields})
+
+
+def test_a_hello_of_another_version_decodes_to_just_its_version() -> None:
+    """An older CLI's hello (one ``token``) must get "protocol version" as its answer, not a field error."""
+    assert decode_message({"op": "hello", "id": 1, "version": 2, "token": "x"}) == (1, Hello(version=2, tokens=[]))
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:

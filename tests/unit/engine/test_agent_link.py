@@ -25,8 +25,8 @@ from innerloop.deploy.devmode import DevMode, apply_dev_mode
 from innerloop.engine.plan import ServicePlan
 from innerloop.engine.store import Store
 from innerloop.k8s.connection import ClusterConnection
+from innerloop.k8s.streams import PortForwardByteStream
 from innerloop.protocol.transport import connect_tcp
-from innerloop.sync import session as sync_session
 from innerloop.sync.session import Replica, SyncSession
 
 WORKLOAD: dict[str, Any] = {
@@ -49,17 +49,26 @@ def _planned() -> dict[str, Any]:
 
 
 def _pod(workload: dict[str, Any]) -> Pod:
-    return Pod.from_dict(
-        {
-            "metadata": {
-                "name": "web-5d8f7-abcde",
-                "labels": {"app": "web", "pod-template-hash": "5d8f7"},
-                "ownerReferences": [
-                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f7", "controller": True, "uid": "u"}
-                ],
-            },
-            "spec": copy.deepcopy(workload["spec"]["template"]["spec"]),
-        }
+    return cast(
+        Pod,
+        Pod.from_dict(
+            {
+                "metadata": {
+                    "name": "web-5d8f7-abcde",
+                    "labels": {"app": "web", "pod-template-hash": "5d8f7"},
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "apps/v1",
+                            "kind": "ReplicaSet",
+                            "name": "web-5d8f7",
+                            "controller": True,
+                            "uid": "u",
+                        }
+                    ],
+                },
+                "spec": copy.deepcopy(workload["spec"]["template"]["spec"]),
+            }
+        ),
     )
 
 
@@ -107,7 +116,7 @@ async def _link_against_agent(
         opened += 1
         return await connect_tcp("127.0.0.1", port)
 
-    monkeypatch.setattr(sync_session.PortForwardByteStream, "open", open_forward)
+    monkeypatch.setattr(PortForwardByteStream, "open", open_forward)
     try:
         await asyncio.wait_for(session._link(replica), 10)
     finally:

@@ -295,7 +295,12 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
             for task in pending:
                 task.cancel()
             await asyncio.gather(runner, *pending, return_exceptions=True)
-        if remaining == 0:
+        if remaining == 0 and tunnel.router_waits > 0:
+            report(
+                f"left; the router of {request.service} restarted moments ago: it waits {tunnel.router_waits:.0f}s"
+                f" for other developers' intercepts to come back, then restores svc/{request.service}"
+            )
+        elif remaining == 0:
             report(f"restoring svc/{request.service}")
             # The router restores the Service by itself once told; waiting is only to say it is done.
             stopping.extend(10.0, f"waiting for the router to restore svc/{request.service}")

@@ -162,6 +162,7 @@ class InterceptTunnel:
         self._current: RouterSession | None = None
         self._carrying: set[asyncio.Task[Any]] = set()
         self._leaving = False
+        self.router_waits = 0.0  # after the last leave: a restarted router waits this long for other CLIs
         # How to reach the router: a port-forward to its pod; replaceable in tests (a socket).
         self._open = open_router or functools.partial(RouterSession.open, conn, namespace=namespace, service=service)
 
@@ -314,4 +315,6 @@ class InterceptTunnel:
             # Requests routed here before the router took the leave in: answer them, don't cut them off.
             await asyncio.wait(set(self._carrying), timeout=drain_s)
         remaining = answer.get("remaining")
+        rejoining = answer.get("rejoining")
+        self.router_waits = float(rejoining) if isinstance(rejoining, (int, float)) else 0.0
         return int(remaining) if isinstance(remaining, int) else None

@@ -200,3 +200,28 @@ def test_a_manifest_change_is_applied(up: Up, kube: Kube) -> None:
     up.logged("k8s/backend.yaml changed, which sync cannot serve: redeploying")
     # The dev-mode patch is still applied to the new pod template, and the loop keeps working.
     eventually(lambda: up.greeting() == "hello from backend", timeout_s=300)
+
+
+def test_the_token_secret_holds_a_hash_and_a_patched_deployment_gets_nothing(up: Up, kube: Kube) -> None:
+    """Attack: a teammate with the documented Role reads the token Secret, then patches the Deployment.
+
+    Before the fix the Secret held the token itself (enough to take over the
+    agent and run commands in the container), and the CLI greeted whatever
+    pod answered with it. Now the Secret holds only a sha256, and a pod of a
+    patched template gets one refusal line and no connection.
+    """
+    secrets = kube.get_json("secrets", "-n", up.namespace)["items"]
+    agent_secret = next(s for s in secrets if s["metadata"]["name"].endswith("-backend-agent"))
+    assert list(agent_secret["data"]) == ["sha256"]
+    deployment = next(
+        d["metadata"]["name"]
+        for d in kube.get_json("deployments", "-n", up.namespace)["items"]
+        if "backend" in d["metadata"]["name"]
+    )
+    patch = {
+        "spec": {
+            "template": {"spec": {"containers": [{"name": "backend", "env": [{"name": "PYTHONPATH", "value": "/x"}]}]}}
+        }
+    }
+    kube.run("patch", "deployment", deployment, "-n", up.namespace, "-p", json.dumps(patch))
+    eventually(lambda: "is not the one innerloop deployed" in up.log.read_text(), timeout_s=120)

@@ -90,8 +90,11 @@ def test_intercept_command_on_a_dev_mode_pod_gets_the_apps_context_and_env_optio
         cwd=tmp_path,
         env={**local, "XDG_STATE_HOME": str(tmp_path / "state")},
     )  # fmt: skip
-    code = intercept.proc.wait(180)
-    print(intercept.output)
+    try:
+        code = intercept.proc.wait(180)
+    finally:
+        print(intercept.output)
+        intercept.kill()
     assert code == 0, intercept.output
     assert "the command exited with 0" in intercept.output
     env = json.loads(out.read_text())

@@ -27,7 +27,7 @@ from innerloop.config.model import Project
 from innerloop.connect.context import parse_env_options, withheld_line
 from innerloop.connect.netns import NamespaceProcess
 from innerloop.connect.network import ClusterNetwork
-from innerloop.connect.run import RunError, command_env, fetch_context, materialize
+from innerloop.connect.run import RunError, command_env, fetch_context, materialized
 from innerloop.delivery import DeliveryError
 from innerloop.engine.target import Target, UpError, connect
 from innerloop.intercept.cluster import InterceptSetupError, clean
@@ -254,7 +254,7 @@ async def _intercept(target: Target, request: InterceptRequest, options: _Option
     try:
         async with contextlib.AsyncExitStack() as stack:
             if options.command:
-                process = await _start_command(stack, target, request, tunnel, options)
+                process = await _start_command(stack, target, request, tunnel, options=options, stopping=stopping)
             runner = asyncio.create_task(tunnel.run())
             # Registering and the router pod's start overlap; the Service is switched once both are done.
             switching = asyncio.create_task(switch(target, request, registered=tunnel.ready))
@@ -359,7 +359,9 @@ async def _start_command(
     target: Target,
     request: InterceptRequest,
     tunnel: InterceptTunnel,
+    *,
     options: _Options,
+    stopping: Stopping,
 ) -> NamespaceProcess:
     """The local process: the pod's env, ConfigMaps and Secrets, and the cluster's Services by name.
 
@@ -377,8 +379,9 @@ async def _start_command(
         selector=None if options.pod else selector,
         container=None,
     )
-    root = options.workdir / ".innerloop" / "run" / name
-    mounts = materialize(context, root)
+    files = stack.enter_context(materialized(context, options.workdir, name))  # deleted when the intercept ends
+    stopping.at_exit.append(files.remove)  # the hard exit (stop deadline, second Ctrl+C) skips the stack
+    root, mounts = files.root, files.mounts
     local = request.default_local or next(iter(request.local_ports.values()))
     decided = command_env(context, mounts, root, explicit={"PORT": str(local), **options.env})
     env = decided.env

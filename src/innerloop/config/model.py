@@ -628,7 +628,7 @@ class Intercept(_Model):
     headers: list[HeaderRuleText] = Field(
         default_factory=list,
         description="Personal mode: all must match. NAME=VALUE, NAME^=PREFIX, NAME~=REGEX, baggage[MEMBER]=VALUE "
-        "(default: x-innerloop-user=$USER).",
+        "(default: x-innerloop-user=$USER-<16 hex>, random per user and stable).",
     )
     local: PortNumber | None = Field(
         default=None,

@@ -1,17 +1,21 @@
 """What the intercept router's HTTP/2 relay (``serve_h2``) costs per stream, against going direct.
 
-Three processes on this machine: an h2c upstream (asyncio, built from the
-router's own frame and HPACK code, answering each stream the way a unary
-gRPC call is answered: HEADERS, one DATA, trailers), the router
-(``serve_h2`` over asyncio streams, choosing a route with a real header rule
-on every stream, as the intercept table does), and the client in this
-process. The client measures, both direct to the upstream and through the
-router:
+Three processes on this machine: an h2c upstream (asyncio on the ``h2``
+library, answering each stream the way a unary gRPC call is answered:
+HEADERS, one DATA, trailers), the router (``serve_h2`` over asyncio streams,
+choosing a route with a real header rule on every stream, as the intercept
+table does), and the client in this process (also on ``h2``, so the bench
+measures the router and not a frame codec of the router's own). The client
+measures, both direct to the upstream and through the router:
 
 - latency: sequential unary calls on one connection (p50, p99, mean);
 - throughput: ``--concurrency`` calls in flight on one connection, as one
-  gRPC channel multiplexes them (streams/s);
-- bulk: one large response body on a stream (MiB/s), flow control included.
+  gRPC channel multiplexes them (streams/s), and through the router, streams
+  per second of the router's own CPU time (it is one asyncio process: that
+  is streams/s per core);
+- bulk: one large response body on a stream (MiB/s), flow control included;
+- memory: the router process's resident set (RSS) after the load, and its
+  peak (VmHWM).
 
 Run:
 
@@ -27,41 +31,25 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from innerloop.router.h2 import (
-    DATA,
-    FLAG_ACK,
-    FLAG_END_STREAM,
-    HEADERS,
-    MAX_WINDOW,
-    PING,
-    PREFACE,
-    SETTINGS,
-    SETTINGS_ACK,
-    WINDOW_UPDATE,
-    FrameParser,
-    RouteKey,
-    Setting,
-    frame,
-    headers_frames,
-    parse_settings,
-    parse_u31,
-    ping_frame,
-    serve_h2,
-    settings_frame,
-    window_update_frame,
-)
-from innerloop.router.hpack import Decoder, Encoder, Header
+from innerloop.router.h2 import RouteKey, serve_h2
 from innerloop.router.http1 import BufferedConn, Conn, SocketConn
 from innerloop.router.match import matches, parse_rule
 
+Header = tuple[bytes, bytes]
 MESSAGE = b"\0\0\0\0\x80" + b"x" * 128  # a gRPC length-prefixed message of 128 bytes
 REQUEST: list[Header] = [
     (b":method", b"POST"),
@@ -73,71 +61,44 @@ REQUEST: list[Header] = [
     (b"user-agent", b"bench"),
 ]
 BULK_CHUNK = 1 << 20
+MAX_WINDOW = (1 << 31) - 1
 
 
 class Endpoint:
-    """The bench's minimal HTTP/2 endpoint: large windows granted, the peer's respected, credit on receipt."""
+    """One side of an h2 connection for the bench: large windows granted, the peer's respected, credit on receipt."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
+    def __init__(self, writer: asyncio.StreamWriter, *, client_side: bool) -> None:
         self.writer = writer
-        self.parser = FrameParser(max_frame_size=1 << 20)
-        self.encoder = Encoder()
-        self.decoder = Decoder()
-        self.send_window = 65535
-        self.peer_initial = 65535
-        self.peer_max_frame = 16384
-        self.stream_windows: dict[int, int] = {}
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        )
+        self.conn.initiate_connection()
+        self.conn.update_settings(
+            {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: MAX_WINDOW, h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20}
+        )
+        self.conn.increment_flow_control_window(MAX_WINDOW - 65535)
         self.window_changed = asyncio.Event()
-        self.unacked = 0
+        self.flush()
 
-    def greeting(self) -> bytes:
-        return settings_frame(
-            [(Setting.INITIAL_WINDOW_SIZE, MAX_WINDOW), (Setting.MAX_FRAME_SIZE, 1 << 20)]
-        ) + window_update_frame(0, MAX_WINDOW - 65535)
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.writer.write(data)
 
-    def control(self, received_type: int, flags: int, stream_id: int, payload: bytes) -> None:
-        if received_type == SETTINGS and not flags & FLAG_ACK:
-            for key, value in parse_settings(payload):
-                if key == Setting.INITIAL_WINDOW_SIZE:
-                    for sid in self.stream_windows:
-                        self.stream_windows[sid] += value - self.peer_initial
-                    self.peer_initial = value
-                elif key == Setting.MAX_FRAME_SIZE:
-                    self.peer_max_frame = value
-            self.writer.write(SETTINGS_ACK)
-            self.window_changed.set()
-        elif received_type == WINDOW_UPDATE:
-            if stream_id:
-                self.stream_windows[stream_id] = self.stream_windows.get(stream_id, self.peer_initial) + parse_u31(
-                    payload
-                )
-            else:
-                self.send_window += parse_u31(payload)
-            self.window_changed.set()
-        elif received_type == PING and not flags & FLAG_ACK:
-            self.writer.write(ping_frame(payload, ack=True))
-
-    def received(self, size: int) -> None:
-        self.unacked += size
-        if self.unacked >= 1 << 24:
-            self.writer.write(window_update_frame(0, self.unacked))
-            self.unacked = 0
+    def received(self, event: h2.events.DataReceived) -> None:
+        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
 
     async def send_data(self, stream_id: int, data: bytes, *, end: bool) -> None:
         view = memoryview(data)
-        self.stream_windows.setdefault(stream_id, self.peer_initial)
         while view:
-            allowed = min(self.send_window, self.stream_windows[stream_id], self.peer_max_frame, len(view))
+            allowed = min(self.conn.local_flow_control_window(stream_id), self.conn.max_outbound_frame_size, len(view))
             if allowed <= 0:
                 self.window_changed.clear()
                 await self.window_changed.wait()
                 continue
-            self.send_window -= allowed
-            self.stream_windows[stream_id] -= allowed
-            last = end and allowed == len(view)
-            self.writer.write(frame(DATA, FLAG_END_STREAM if last else 0, stream_id, bytes(view[:allowed])))
+            self.conn.send_data(stream_id, bytes(view[:allowed]), end_stream=end and allowed == len(view))
             view = view[allowed:]
+            self.flush()
             await self.writer.drain()
 
 
@@ -146,58 +107,42 @@ class Endpoint:
 
 async def upstream_main(ready: Connection, bulk_mib: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        endpoint = Endpoint(reader, writer)
-        if await reader.readexactly(len(PREFACE)) != PREFACE:
-            writer.close()
-            return
-        writer.write(endpoint.greeting())
+        endpoint = Endpoint(writer, client_side=False)
+        conn = endpoint.conn
         paths: dict[int, bytes] = {}
         tasks: set[asyncio.Task[None]] = set()
 
         async def bulk(stream_id: int) -> None:
-            writer.write(
-                headers_frames(
-                    stream_id,
-                    endpoint.encoder.encode([(b":status", b"200")]),
-                    end_stream=False,
-                    max_frame=endpoint.peer_max_frame,
-                )
-            )
+            conn.send_headers(stream_id, [(b":status", b"200")])
+            endpoint.flush()
             block = b"b" * BULK_CHUNK
             for i in range(bulk_mib):
                 await endpoint.send_data(stream_id, block, end=i == bulk_mib - 1)
 
         def respond(stream_id: int) -> None:
-            path = paths.pop(stream_id, b"")
-            if path == b"/bulk":
+            if paths.pop(stream_id, b"") == b"/bulk":
                 task = asyncio.ensure_future(bulk(stream_id))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 return
-            head = endpoint.encoder.encode([(b":status", b"200"), (b"content-type", b"application/grpc")])
-            trailers = endpoint.encoder.encode([(b"grpc-status", b"0")])
-            writer.write(
-                headers_frames(stream_id, head, end_stream=False, max_frame=endpoint.peer_max_frame)
-                + frame(DATA, 0, stream_id, MESSAGE)
-                + headers_frames(stream_id, trailers, end_stream=True, max_frame=endpoint.peer_max_frame)
-            )
+            conn.send_headers(stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+            conn.send_data(stream_id, MESSAGE)
+            conn.send_headers(stream_id, [(b"grpc-status", b"0")], end_stream=True)
 
         try:
             while data := await reader.read(1 << 18):
-                for received in endpoint.parser.feed(data):
-                    if received.type == HEADERS:
-                        headers = endpoint.decoder.decode(received.payload)
-                        paths.setdefault(received.stream_id, dict(headers).get(b":path", b""))
-                        if received.end_stream:
-                            respond(received.stream_id)
-                    elif received.type == DATA:
-                        endpoint.received(received.flow_size)
-                        if received.end_stream:
-                            respond(received.stream_id)
-                    else:
-                        endpoint.control(received.type, received.flags, received.stream_id, received.payload)
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        paths[event.stream_id] = dict(event.headers).get(b":path", b"")
+                    elif isinstance(event, h2.events.DataReceived):
+                        endpoint.received(event)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        respond(event.stream_id)
+                    elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                        endpoint.window_changed.set()
+                endpoint.flush()
                 await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, h2.exceptions.ProtocolError):
             pass
         writer.close()
 
@@ -241,9 +186,9 @@ class Client:
     """One h2c connection carrying many concurrent calls."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.endpoint = Endpoint(reader, writer)
+        self.reader = reader
         self.writer = writer
-        self.next_id = 1
+        self.endpoint = Endpoint(writer, client_side=True)
         self.waiting: dict[int, asyncio.Future[int]] = {}
         self.received: dict[int, int] = {}
         self.reader_task: asyncio.Task[None] | None = None
@@ -252,39 +197,32 @@ class Client:
     async def open(cls, port: int) -> Client:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
         client = cls(reader, writer)
-        writer.write(PREFACE + client.endpoint.greeting())
         client.reader_task = asyncio.ensure_future(client._read())
         return client
 
     async def _read(self) -> None:
         endpoint = self.endpoint
-        while data := await endpoint.reader.read(1 << 20):
-            for received in endpoint.parser.feed(data):
-                if received.type == DATA:
-                    endpoint.received(received.flow_size)
-                    self.received[received.stream_id] = self.received.get(received.stream_id, 0) + len(received.payload)
-                elif received.type == HEADERS:
-                    endpoint.decoder.decode(received.payload)
-                else:
-                    endpoint.control(received.type, received.flags, received.stream_id, received.payload)
-                    continue
-                if received.end_stream:
-                    future = self.waiting.pop(received.stream_id, None)
+        while data := await self.reader.read(1 << 20):
+            for event in endpoint.conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    endpoint.received(event)
+                    self.received[event.stream_id] = self.received.get(event.stream_id, 0) + len(event.data)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    future = self.waiting.pop(event.stream_id, None)
                     if future is not None and not future.done():
-                        future.set_result(self.received.pop(received.stream_id, 0))
+                        future.set_result(self.received.pop(event.stream_id, 0))
+            endpoint.flush()
 
     async def call(self, path: bytes = b"/shop.Catalog/GetItem") -> int:
         """One unary call; the response body's size."""
-        stream_id = self.next_id
-        self.next_id += 2
+        conn = self.endpoint.conn
+        stream_id = conn.get_next_available_stream_id()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.waiting[stream_id] = future
         headers = [(b":path", path) if name == b":path" else (name, value) for name, value in REQUEST]
-        block = self.endpoint.encoder.encode(headers)
-        self.writer.write(
-            headers_frames(stream_id, block, end_stream=False, max_frame=self.endpoint.peer_max_frame)
-            + frame(DATA, FLAG_END_STREAM, stream_id, MESSAGE)
-        )
+        conn.send_headers(stream_id, headers)
+        conn.send_data(stream_id, MESSAGE, end_stream=True)
+        self.endpoint.flush()
         await self.writer.drain()
         return await future
 
@@ -336,6 +274,22 @@ async def bulk(port: int, mib: int) -> float:
     return mib / elapsed
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """Resident set and its peak (VmRSS, VmHWM) of process ``pid``, in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
 def start(target: object, *args: object) -> tuple[multiprocessing.Process, int]:
     ours, theirs = multiprocessing.Pipe()
     process = multiprocessing.Process(target=target, args=(theirs, *args), daemon=True)  # type: ignore[arg-type]
@@ -358,13 +312,20 @@ def main() -> None:
             results: dict[str, dict[str, float]] = {}
             for name, port in (("direct", upstream_port), ("router", router_port)):
                 samples = await latency(port, args.streams)
-                results[name] = {
+                cpu_before = cpu_seconds(router.pid) if name == "router" and router.pid else 0.0
+                row = {
                     "p50_ms": statistics.median(samples) * 1000,
                     "p99_ms": statistics.quantiles(samples, n=100)[98] * 1000,
                     "mean_ms": statistics.fmean(samples) * 1000,
                     "streams_per_s": await throughput(port, args.streams, args.concurrency),
-                    "bulk_mib_per_s": await bulk(port, args.bulk_mib),
                 }
+                if name == "router" and router.pid:
+                    streams = (args.streams // args.concurrency) * args.concurrency
+                    row["streams_per_cpu_s"] = streams / max(cpu_seconds(router.pid) - cpu_before, 1e-9)
+                row["bulk_mib_per_s"] = await bulk(port, args.bulk_mib)
+                if name == "router" and router.pid:
+                    row["rss_mib"], row["peak_rss_mib"] = memory_mib(router.pid)
+                results[name] = row
             return results
 
         results = asyncio.run(measure())
@@ -374,12 +335,17 @@ def main() -> None:
             process.join()
 
     direct, routed = results["direct"], results["router"]
-    print(f"| path | p50 ms | p99 ms | mean ms | streams/s (x{args.concurrency} on 1 conn) | bulk MiB/s |")
-    print("|---|---|---|---|---|---|")
+    print(
+        f"| path | p50 ms | p99 ms | mean ms | streams/s (x{args.concurrency} on 1 conn) | streams/s per router core "
+        "| bulk MiB/s | router RSS MiB (peak) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in results.items():
+        per_core = f"{row['streams_per_cpu_s']:.0f}" if "streams_per_cpu_s" in row else "-"
+        memory = f"{row['rss_mib']:.1f} ({row['peak_rss_mib']:.1f})" if "rss_mib" in row else "-"
         print(
             f"| {name} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['mean_ms']:.3f} "
-            f"| {row['streams_per_s']:.0f} | {row['bulk_mib_per_s']:.0f} |"
+            f"| {row['streams_per_s']:.0f} | {per_core} | {row['bulk_mib_per_s']:.0f} | {memory} |"
         )
     added = {
         "added_p50_ms": routed["p50_ms"] - direct["p50_ms"],

@@ -270,6 +270,7 @@ class Router:
             connect=lambda key: self._connect(route, str(key)),
             draining=self._draining,
             on_exchange=lambda key, _status: self._tally(key),
+            limits=limits,
         )
 
     def _count(self, key: Hashable, head: RequestHead, status: int) -> None:

@@ -3,8 +3,11 @@
 In dev mode the agent runs *inside the app's container*, whatever its image:
 distroless, no shell, another libc. So the agent carries everything it
 needs: the Python interpreter, every shared library it loads, the dynamic
-loader, the standard library and the `innerloop.agent` and
-`innerloop.protocol` packages (stdlib-only by design), all under one root.
+loader, the standard library, the `innerloop.agent` and
+`innerloop.protocol` packages (stdlib-only by design), and the router
+(`innerloop.router`, which the same image runs) with the pure-Python HTTP/2
+libraries it speaks through (``h2``, ``hpack``, ``hyperframe``, taken from
+this installation, so the versions are the ones its tests ran), all under one root.
 It is started through the loader, never through a shell, with the same argv
 on every architecture:
 
@@ -38,6 +41,7 @@ be the node's machine, so a wrong-architecture base is refused, not deployed.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io
 import os
 import re
@@ -63,6 +67,7 @@ IMAGE_ROOT = "/opt/innerloop"
 MOUNT_ROOT = "/.innerloop"
 LOADER = "ld.so"  # lib/ld.so: a link to the architecture's own loader
 AGENT_PACKAGES = ("protocol", "agent", "router")
+ROUTER_LIBRARIES = ("h2", "hpack", "hyperframe")  # pure Python: their .py files are all the router needs
 DEFAULT_AGENT_BASE = "gcr.io/distroless/python3-debian12"
 MIN_PYTHON = (3, 11)  # the agent uses asyncio.TaskGroup and asyncio.timeout
 # Bump when what the runtime layer holds or where changes: cached runtimes are rebuilt.
@@ -376,14 +381,31 @@ def runtime_entries(
 
 
 def agent_entries(package_root: Path, *, version: str = "3.11") -> list[FileEntry]:
-    """innerloop/__init__.py plus the stdlib-only agent and protocol packages."""
-    dest = f"{IMAGE_ROOT}/lib/python{version}/innerloop"
+    """innerloop/__init__.py, the agent, protocol and router packages, and the router's HTTP/2 libraries."""
+    lib = f"{IMAGE_ROOT}/lib/python{version}"
+    dest = f"{lib}/innerloop"
     entries = [FileEntry(path=f"{dest}/__init__.py", data=(package_root / "__init__.py").read_bytes())]
     for pkg in AGENT_PACKAGES:
         for src in sorted((package_root / pkg).rglob("*.py")):
             rel = src.relative_to(package_root).as_posix()
             entries.append(FileEntry(path=f"{dest}/{rel}", data=src.read_bytes()))
+    for name in ROUTER_LIBRARIES:
+        root = library_root(name)
+        for src in sorted(root.rglob("*.py")):
+            rel = src.relative_to(root.parent).as_posix()
+            entries.append(FileEntry(path=f"{lib}/{rel}", data=src.read_bytes()))
     return entries
+
+
+def library_root(name: str) -> Path:
+    """The installed package directory of ``name`` (a pure-Python library the router imports)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise AgentImageError(
+            f"the router needs the {name} package and this installation has none: reinstall innerloop "
+            f"(pip install innerloop) so its dependencies come along"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _with_parents(entries: list[FileEntry]) -> list[FileEntry]:

@@ -407,7 +407,14 @@ def _parse_fields(
     expect_continue = False
     status = 400 if request else 502
     for i in range(start, len(lines)):
-        name, value = _check_field(lines[i])
+        # _check_field inlined: this loop runs for every header of every request.
+        line = lines[i]
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name.translate(None, _TCHARS):
+            _check_field(line)  # raises the precise error
+        value = value.strip(b" \t")
+        if value.translate(None, _VALUE_BYTES):
+            raise HttpError(f"control character in header {quote(name)}")
         headers.append((name, value))
         lower = name.lower()
         if lower in _FRAMING_HEADERS:

@@ -787,6 +787,44 @@ def test_more_header_fields_than_the_limit_is_a_431_for_that_stream_only() -> No
     run(scenario())
 
 
+def test_a_client_that_never_sends_its_preface_is_closed_after_the_head_timeout() -> None:
+    """Attack (item 13 for HTTP/2): hundreds of connections that open and send nothing (or half a preface) hold
+    the router's sockets and tasks forever. Past ``limits.head_timeout`` without preface and SETTINGS, closed."""
+
+    async def scenario() -> None:
+        ours, theirs = memory_pair()
+        await ours.write(PREFACE[:10])
+
+        async def connect(route: RouteKey) -> Conn:
+            raise AssertionError("no upstream for a client that never spoke")
+
+        start = asyncio.get_running_loop().time()
+        await serve_h2(BufferedConn(theirs), choose=lambda h: "x", connect=connect, limits=Limits(head_timeout=0.3))
+        assert asyncio.get_running_loop().time() - start < 2.0
+        assert await ours.read(100) == b""
+
+    run(scenario(), timeout=10)
+
+
+def test_an_idle_connection_gets_goaway_after_the_idle_timeout() -> None:
+    """Attack (item 13): connections kept open with nothing in flight pile up. After ``limits.idle_timeout``
+    with no stream open the router says GOAWAY (NO_ERROR) and closes; a connection with a stream open stays."""
+
+    async def scenario() -> None:
+        async with relay(limits=Limits(idle_timeout=0.5)) as setup:
+            client = setup.client
+            held = await client.request(get("/slow", x_dev="alice"))
+            await asyncio.sleep(1.0)
+            assert not client.got_goaway.is_set(), "a connection with a stream in flight was closed as idle"
+            setup.upstreams["alice"].release.set()
+            assert (await client.read_message(held)).headers[b"x-upstream"] == b"A"
+            await asyncio.wait_for(client.got_goaway.wait(), 3)
+            assert client.goaway is not None and client.goaway[1] == NO_ERROR
+            await asyncio.wait_for(client.eof.wait(), 3)
+
+    run(scenario(), timeout=20)
+
+
 def test_not_a_preface_closes_at_once() -> None:
     async def scenario() -> None:
         ours, theirs = memory_pair()

@@ -27,7 +27,7 @@ gently and deletes its own Deployment; owner references take the rest
 (shadow Service, ConfigMap, ServiceAccount, Role, RoleBinding) with it.
 That is how nothing lingers after a CLI is SIGKILLed.
 
-Standard library only.
+Standard library plus `h2` (its HTTP/2), which the agent image carries.
 """
 
 from __future__ import annotations

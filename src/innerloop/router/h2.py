@@ -674,7 +674,8 @@ class _Upstream:
                 relay.flush()
                 if relay.side.wire.full:
                     await relay.side.wire.room()  # the client is not taking the responses: stop reading them
-                await asyncio.sleep(0)  # a turn for the other connections
+                if len(data) >= READ_CHUNK:
+                    await asyncio.sleep(0)  # more may be buffered: a turn for the other connections first
         except OSError as error:
             reason = f"connection failed: {error}"
         except Exception as error:  # a bug here must not leave the client's streams hanging
@@ -891,7 +892,10 @@ class _Relay:
                 self.touched.add(self.side.wire)  # h2's own answers (SETTINGS ACK, PING ACK, resets)
                 self.flush()
                 await self._room()
-                await asyncio.sleep(0)  # a turn for the other connections, even while this one's bytes keep coming
+                if len(data) >= READ_CHUNK:
+                    # More may be buffered (a read that finds bytes does not yield): a turn for the other
+                    # connections first. A shorter read emptied the buffer, so the next one waits anyway.
+                    await asyncio.sleep(0)
                 data = await client.read(READ_CHUNK)
         except OSError:
             pass

@@ -100,7 +100,12 @@ PREFACE = H2_PREFACE
 
 DEFAULT_WINDOW = 65535
 MAX_FRAME_SIZE = 1 << 16
-"""``SETTINGS_MAX_FRAME_SIZE`` the router advertises: frames it accepts (fewer, larger frames cost less here)."""
+"""``SETTINGS_MAX_FRAME_SIZE`` the router advertises to its upstreams: frames it accepts (fewer, larger frames cost
+less here)."""
+CLIENT_MAX_FRAME_SIZE = 1 << 14
+"""The same towards clients: the protocol's default. A larger value takes effect only once the client acknowledges
+our SETTINGS, so a frame between the two sizes would be an error or not depending on where a read split the
+client's bytes: with the default, a frame over 16 KiB is a FRAME_SIZE_ERROR from the first byte on."""
 STREAM_WINDOW = 1 << 20
 """Initial stream window the router grants: the most a stream buffers here per direction."""
 CONNECTION_WINDOW = 1 << 24
@@ -768,7 +773,7 @@ class _Relay:
             settings={
                 SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_streams,
                 SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE,
+                SettingCodes.MAX_FRAME_SIZE: CLIENT_MAX_FRAME_SIZE,
                 SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_head_bytes,
             },
             limits=limits,

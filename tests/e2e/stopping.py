@@ -54,12 +54,12 @@ class Cli:
             time.sleep(0.05)
         raise AssertionError(f"no {text!r} within {timeout}s:\n{self.output}")
 
-    def stop(self, *signals: int, within: float) -> tuple[int, float]:
-        """Send ``signals`` (0.2 s apart); the exit status and the seconds until exit, at most ``within``."""
+    def stop(self, *signals: int, within: float, gap: float = 0.2) -> tuple[int, float]:
+        """Send ``signals`` (``gap`` seconds apart); the exit status and the seconds until exit, at most ``within``."""
         started = time.monotonic()
         for i, sig in enumerate(signals):
             if i:
-                time.sleep(0.2)
+                time.sleep(gap)
             self.proc.send_signal(sig)
         try:
             code = self.proc.wait(within)

@@ -79,14 +79,33 @@ def test_up_stops_after_being_suspended(started: Cli) -> None:
     _stopped_cleanly(started, code, took)
 
 
-def test_a_second_ctrl_c_stops_up_at_once(started: Cli) -> None:
-    started.wait_for("backend: image")
-    # 20 ms apart, as a held-down Ctrl+C repeats: a clean first stop can finish within 0.2 s (exit 0), and then
-    # the second Ctrl+C would find nothing left to stop.
-    code, _took = started.stop(signal.SIGINT, signal.SIGINT, within=3, gap=0.02)
-    # 130 from the handler; or the first stop had just finished and the second Ctrl+C ended the exit itself.
-    assert code in {130, -signal.SIGINT}, started.output
-    assert code != 130 or "stopped at once (SIGINT again)" in started.output
+def test_a_second_ctrl_c_stops_up_at_once(innerloop_cli: list[str], project: Path, namespace: str) -> None:
+    """The second SIGINT goes once the first one's handler has spoken, so the two cannot merge into one pending
+    signal (on a loaded machine two quick ones did). A first stop that finished before the second could be sent
+    proves nothing: then `up` starts again, up to three times."""
+    outputs = []
+    for _attempt in range(3):
+        cli = Cli.start([*innerloop_cli, "up", "-n", namespace, "--no-color"], cwd=project)
+        try:
+            cli.wait_for("backend: image")
+            cli.proc.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 10
+            while not any("again to exit at once" in line for line in cli.lines) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if cli.proc.poll() is None:
+                cli.proc.send_signal(signal.SIGINT)
+            code = cli.proc.wait(3)
+            time.sleep(0.2)  # the reader's last lines
+            outputs.append(cli.output)
+            if code == 0 and "stopped at once" not in cli.output:
+                continue  # the first stop won the race: nothing was left to stop at once
+            assert code == 130, cli.output
+            assert "stopped at once (SIGINT again)" in cli.output
+            return
+        finally:
+            cli.kill()
+    tried = "\n".join(outputs)
+    raise AssertionError(f"three times the first Ctrl+C finished before a second one could be sent:\n{tried}")
 
 
 @pytest.fixture

@@ -160,7 +160,8 @@ def run_until_signal(
     """Run ``main(stopping)`` in a new event loop; Ctrl+C/SIGTERM stop it as the module docstring says.
 
     A stopped ``main`` raises ``asyncio.CancelledError`` here (unless its own
-    ``stop`` let it return). Signal handlers stay until this returns.
+    ``stop`` let it return). Signal handlers stay until this returns, and for
+    the rest of the process once a signal came (a second one exits at once).
     """
     stopping = Stopping(what=what, grace_s=grace_s)
     loop = asyncio.new_event_loop()
@@ -203,8 +204,11 @@ def run_until_signal(
         try:
             _finish(loop, stopping)
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            if stopping.signal is None:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+            # Once a stop was asked for, the handler stays for the rest of the process: a second
+            # Ctrl+C while the command finishes its exit still exits at once, with 128 + the signal.
             asyncio.set_event_loop(None)
             loop.close()
 

@@ -37,14 +37,16 @@ try:
     run_until_signal(main, what="the test", grace_s=float(sys.argv[2]))
 except asyncio.CancelledError:
     print("stopped", flush=True)
+if mode_after := sys.argv[3:]:  # the command still finishing its exit after the stop
+    time.sleep(float(mode_after[0]))
 """
 
 GRACE_S = 1.5
 
 
-def start(mode: str) -> subprocess.Popen[str]:
+def start(mode: str, *after: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, mode, str(GRACE_S)],
+        [sys.executable, "-c", SCRIPT, mode, str(GRACE_S), *after],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -97,3 +99,18 @@ def test_a_second_ctrl_c_exits_at_once() -> None:
     assert code == 130, out
     assert took < GRACE_S, out
     assert "stopped at once (SIGINT again)" in out
+
+
+def test_a_second_ctrl_c_after_the_stop_finished_still_exits_at_once() -> None:
+    """The first stop is done and the command is on its way out (as `up` printing its last line): a second
+    Ctrl+C then exits at once with 130, never a KeyboardInterrupt from Python's own handler."""
+    proc = start("clean", "30")
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None
+    while "stopped" not in (line := proc.stdout.readline()):
+        assert line, "the command ended before its stop finished"
+    code, took, out = stop(proc, signal.SIGINT)
+    assert code == 130, out
+    assert took < GRACE_S, out
+    assert "stopped at once (SIGINT again)" in out
+    assert "KeyboardInterrupt" not in out

@@ -522,6 +522,65 @@ class PortForward(_Model):
         raise AssertionError("unreachable: validation requires local for a named port")
 
 
+def _log_pattern(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as err:
+        raise ValueError(f"not a regular expression: {err}") from None
+    return value
+
+
+LogPattern = Annotated[
+    str,
+    AfterValidator(_log_pattern),
+    WithJsonSchema({"type": "string", "format": "regex", "examples": ["^ERROR ", "level=error"]}),
+]
+
+
+class Alerts(_Model):
+    """Which log lines of the service raise an alert (beyond crashes, probes and scheduling, always watched)."""
+
+    errors: list[LogPattern] = Field(
+        default_factory=list,
+        description="Regular expressions; a log line matching one raises an alert. Python tracebacks, "
+        "Node stack traces, Go panics and lines at error level are recognised without any.",
+        examples=[["^ERROR ", "level=error"]],
+    )
+    ignore: list[LogPattern] = Field(
+        default_factory=list,
+        description="Regular expressions of error-looking lines that are expected and raise nothing.",
+        examples=[["deprecated"]],
+    )
+    builtin: bool = Field(
+        default=True,
+        description="Recognise tracebacks, stack traces, panics and error-level lines without patterns.",
+    )
+
+
+class Debug(_Model):
+    """Run the service's process under its language's debugger (`innerloop debug`, or `up` when enabled)."""
+
+    enabled: bool = Field(default=False, description="Debug this service under `innerloop up` too.")
+    language: Literal["auto", "python", "go", "node", "java"] = Field(
+        default="auto",
+        description="The process's language (auto: from the image's command and files).",
+    )
+    port: PortNumber | None = Field(
+        default=None,
+        description="The debugger's port in the container (default: 5678 python, 2345 go, 9229 node, 5005 java).",
+        json_schema_extra=_not_null,
+    )
+    local: PortNumber | None = Field(
+        default=None,
+        description="The local port the debugger is forwarded to (default: the same as port, or a free one).",
+        json_schema_extra=_not_null,
+    )
+    wait: bool = Field(
+        default=False,
+        description="Start the process only once a debugger attaches.",
+    )
+
+
 class Service(_Model):
     """One part of the app: its manifests, how to build it, and how to develop on it."""
 
@@ -577,6 +636,14 @@ class Service(_Model):
         default_factory=dict,
         description="Environment variables set in the container during development only.",
         examples=[{"LOG_LEVEL": "debug"}],
+    )
+    alerts: Alerts = Field(
+        default_factory=Alerts,
+        description="Log lines that raise an alert, in the terminal, the dashboard and the local API.",
+    )
+    debug: Debug = Field(
+        default_factory=Debug,
+        description="The service's debugger: language, port, whether `up` starts it.",
     )
 
 

@@ -132,7 +132,7 @@ class TestPositions:
         assert line == (
             "innerloop.yaml:6:5: services.api.dependson: unknown key; did you mean dependsOn? "
             "(expected one of: manifests, image, workload, container, sync, onChange, restart, ports, dependsOn, "
-            "healthy, env)"
+            "healthy, env, alerts, debug)"
         )
 
     def test_unknown_top_level_key(self) -> None:
@@ -500,3 +500,14 @@ class TestLocalPathsStayInTheProject:
         config = tmp_path / CONFIG_FILE
         config.write_text(HEAD + "  app:\n    manifests: {files: [k8s.yaml]}\n    sync: [{local: code, remote: /a}]\n")
         assert load_config(config).services["app"].sync[0].local == "code"
+
+
+def test_an_alert_pattern_that_is_not_a_regular_expression_is_refused_where_it_is(tmp_path: Path) -> None:
+    (tmp_path / "innerloop.yaml").write_text(
+        "name: shop\nservices:\n  api:\n    manifests: {files: [k8s.yaml]}\n    alerts: {errors: ['(unclosed']}\n"
+    )
+    (tmp_path / "k8s.yaml").write_text("")
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "innerloop.yaml")
+    assert "innerloop.yaml:5:" in str(err.value)
+    assert "not a regular expression" in str(err.value)

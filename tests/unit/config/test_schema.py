@@ -68,7 +68,9 @@ def test_keys_are_in_the_yaml_spelling() -> None:
 def test_every_model_forbids_unknown_keys() -> None:
     defs = json_schema()["$defs"]
     assert set(defs) == {
+        "Alerts",
         "ChangeStep",
+        "Debug",
         "CustomBuild",
         "Helm",
         "Image",

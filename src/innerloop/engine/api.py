@@ -3,9 +3,15 @@
 ``innerloop status`` and ``innerloop logs`` in another terminal, editors and
 plugins read state here instead of asking the cluster again:
 
-- ``GET /v1/status``: the store's snapshot (JSON);
+- ``GET /v1/status``: the store's snapshot (JSON): services, active and
+  cleared alerts, the actions `up` offers;
 - ``GET /v1/logs?service=NAME&follow=1``: recent log lines as JSON lines,
-  then new ones as they arrive when following.
+  then new ones as they arrive when following;
+- ``GET /v1/timeline?service=NAME``: what happened, oldest first (JSON);
+- ``GET /v1/feed``: JSON lines: ``{"kind": "snapshot", ...}`` first, then
+  every change as it happens (``status``, ``log``, ``event``, ``alert``);
+- ``POST /v1/services/NAME/ACTION`` (restart, rebuild, pause, resume):
+  ``{"message": ...}``, or 409 ``{"error": ...}`` saying why not.
 
 A unix socket in the project's ``.innerloop/`` directory, mode 0600: no TCP
 port, no token to leak, and one `up` per project is enforced by the socket.
@@ -24,7 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from innerloop.config.state import StateError, state_dir
-from innerloop.engine.store import LogEntry, Store
+from innerloop.engine.store import ActionError, LogEntry, Store
 
 STATE_DIR = ".innerloop"
 
@@ -66,9 +72,36 @@ def make_app(store: Store) -> web.Application:
                 store.unsubscribe_logs(queue)
         return resp
 
+    async def timeline(request: web.Request) -> web.Response:
+        service = request.query.get("service") or None
+        return web.json_response([asdict(e) for e in store.recent_timeline(service)])
+
+    async def feed(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        queue = store.subscribe()  # before the snapshot: nothing falls between the two
+        try:
+            await resp.write((json.dumps({"kind": "snapshot", "data": store.snapshot(), "seq": 0}) + "\n").encode())
+            while True:
+                change = await queue.get()
+                await resp.write((json.dumps(asdict(change)) + "\n").encode())
+        finally:
+            store.unsubscribe(queue)
+
+    async def act(request: web.Request) -> web.Response:
+        try:
+            message = await store.act(request.match_info["action"], request.match_info["service"])
+        except ActionError as err:
+            return web.json_response({"error": str(err)}, status=409)
+        return web.json_response({"message": message})
+
+    # The dashboard mounts this same app (add_subapp) behind its own token and origin checks.
     app = web.Application()
     app.router.add_get("/v1/status", status)
     app.router.add_get("/v1/logs", logs)
+    app.router.add_get("/v1/timeline", timeline)
+    app.router.add_get("/v1/feed", feed)
+    app.router.add_post("/v1/services/{service}/{action}", act)
     return app
 
 
@@ -97,7 +130,8 @@ async def serve(store: Store, project_dir: Path) -> AsyncIterator[Path]:
     state_dir(project_dir)
     if path.exists():
         path.unlink()  # a stale socket from a killed `up`
-    runner = web.AppRunner(make_app(store), handle_signals=False)
+    # handler_cancellation: a reader that goes away ends its feed; a short shutdown: feeds never end on their own.
+    runner = web.AppRunner(make_app(store), handle_signals=False, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     site = web.UnixSite(runner, str(path))
     old_umask = os.umask(0o177)

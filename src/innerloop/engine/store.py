@@ -1,19 +1,38 @@
-"""The one store of `innerloop up`'s state, read by the terminal, the local API and tests.
+"""The one store of `innerloop up`'s state, read by the terminal, the local API, the dashboard and tests.
 
 Every long-running thing (a service's deploy, its sync session, a
-port-forward, a log stream) reports into the store; readers take snapshots or
-subscribe. Like Tilt's engine, state has one owner and many readers, and it is
-plain data (JSON-ready), so `innerloop status` in another terminal sees
-exactly what `up` sees.
+port-forward, a log stream, the alert watcher) reports into the store; readers
+take snapshots or subscribe. Like Tilt's engine, state has one owner and many
+readers, and it is plain data (JSON-ready), so `innerloop status` in another
+terminal and the dashboard see exactly what `up` sees.
+
+Four kinds of record:
+
+- each service's status (phase, image, replicas, sync counts, forwards,
+  intercepts, whether its sync is paused);
+- log lines (the last ``log_lines``);
+- the timeline: what happened, in order (save, synced, restarted, built,
+  deployed, crashed, alert, cleared...), the last ``timeline_events``;
+- alerts: raised once per key while their cause lasts, cleared when it ends;
+  cleared ones are kept (the last ``cleared_alerts``), so none is lost while
+  no reader watches.
+
+``subscribe()`` gives a queue of :class:`Change` records, one per status
+update, log line, timeline event and alert change, in order: the feed the
+local API and the dashboard stream. ``actions`` is how a reader asks `up` to
+do something (restart a service's process, rebuild it, pause or resume its
+sync); `up` registers the handlers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -43,6 +62,10 @@ class ServiceStatus:
     last_restart_ms: float | None = None
     forwards: list[str] = field(default_factory=list)
     replicas: dict[str, ReplicaStatus] = field(default_factory=dict)  # by pod name, dev-mode services only
+    sync_paused: bool = False
+    intercepts: list[str] = field(default_factory=list)  # who intercepts it (header rules, or "global")
+    debug: str = ""  # "python on 127.0.0.1:5678" while a debugger port is forwarded
+    dev_mode: bool = False  # its process runs under the agent: sync, restart and pause apply
     updated_at: float = field(default_factory=time.time)
 
 
@@ -54,13 +77,86 @@ class LogEntry:
     at: float
 
 
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One thing that happened: ``kind`` is save, synced, restarted, built, deployed, crashed, alert, cleared..."""
+
+    service: str
+    kind: str
+    message: str
+    at: float
+    pod: str = ""
+    exit_code: int | None = None  # for exited/crashed: the app's code (negative: killed by that signal)
+    seq: int = 0
+
+
+@dataclass
+class Alert:
+    """Something wrong, raised once per ``key`` while its cause lasts."""
+
+    key: str  # what makes it one alert: kind + service + pod (+ container), as the raiser chooses
+    service: str
+    kind: str  # crashed, oom-killed, crash-loop, probe-failed, image-pull, unschedulable, evicted, ...
+    cause: str  # what happened, in one line (exit code, last log lines, the scheduler's reason)
+    hint: str  # what to do
+    pod: str = ""
+    raised_at: float = field(default_factory=time.time)
+    cleared_at: float | None = None
+    count: int = 1  # how often the cause recurred while raised (one alert, not a flood)
+    details: list[str] = field(default_factory=list)  # e.g. the last log lines before a crash
+    seq: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.cleared_at is None
+
+
+ChangeKind = Literal["status", "log", "event", "alert"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the feed: a service's new status, a log line, a timeline event, or an alert raised/cleared."""
+
+    kind: ChangeKind
+    data: dict[str, Any]
+    seq: int
+
+
+Action = Literal["restart", "rebuild", "pause", "resume"]
+ActionHandler = Callable[[str], Awaitable[str]]  # service -> what was done, in one line
+
+
+class ActionError(Exception):
+    """An action that cannot be done (unknown service, not in dev mode...): the message says why."""
+
+
+SUBSCRIBER_BACKLOG = 10_000
+
+
 class Store:
-    def __init__(self, *, project: str, namespace: str, log_lines: int = 2000) -> None:
+    def __init__(
+        self,
+        *,
+        project: str,
+        namespace: str,
+        log_lines: int = 2000,
+        timeline_events: int = 1000,
+        cleared_alerts: int = 200,
+    ) -> None:
         self.project = project
         self.namespace = namespace
         self.services: dict[str, ServiceStatus] = {}
         self._logs: collections.deque[LogEntry] = collections.deque(maxlen=log_lines)
         self._log_subscribers: set[asyncio.Queue[LogEntry]] = set()
+        self._subscribers: set[asyncio.Queue[Change]] = set()
+        self._seq = itertools.count(1)
+        self.timeline: collections.deque[TimelineEvent] = collections.deque(maxlen=timeline_events)
+        self.alerts: dict[str, Alert] = {}  # active, by key
+        self.cleared: collections.deque[Alert] = collections.deque(maxlen=cleared_alerts)
+        self.actions: dict[Action, ActionHandler] = {}  # registered by `up`
+        self.on_alert: list[Callable[[Alert], None]] = []  # the terminal, desktop notifications
+        self.on_log: list[Callable[[LogEntry], None]] = []  # the log-error alerts
         self.changed = asyncio.Event()
 
     def service(self, name: str) -> ServiceStatus:
@@ -73,6 +169,91 @@ class Store:
         status.updated_at = time.time()
         self.changed.set()
         self.changed = asyncio.Event()
+        self._publish("status", asdict(status))
+
+    # -- the feed ---------------------------------------------------------------
+
+    def _publish(self, kind: ChangeKind, data: dict[str, Any]) -> int:
+        seq = next(self._seq)
+        change = Change(kind=kind, data=data, seq=seq)
+        for queue in self._subscribers:
+            if queue.qsize() < SUBSCRIBER_BACKLOG:  # a stuck reader loses its feed, never `up`'s memory
+                queue.put_nowait(change)
+        return seq
+
+    def subscribe(self) -> asyncio.Queue[Change]:
+        """Every change from now on (read :meth:`snapshot` after subscribing, so nothing falls between)."""
+        queue: asyncio.Queue[Change] = asyncio.Queue()
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Change]) -> None:
+        self._subscribers.discard(queue)
+
+    # -- the timeline -----------------------------------------------------------
+
+    def record(
+        self, service: str, kind: str, message: str, *, pod: str = "", exit_code: int | None = None
+    ) -> TimelineEvent:
+        """Add to the timeline: what happened to ``service`` (``kind``: save, synced, restarted, built...)."""
+        event = TimelineEvent(service=service, kind=kind, message=message, at=time.time(), pod=pod, exit_code=exit_code)
+        event = TimelineEvent(**{**asdict(event), "seq": self._publish("event", asdict(event))})
+        self.timeline.append(event)
+        return event
+
+    # -- alerts -----------------------------------------------------------------
+
+    def raise_alert(self, alert: Alert) -> Alert | None:
+        """Raise ``alert`` once: None (and a higher count) if one with its key is raised already."""
+        current = self.alerts.get(alert.key)
+        if current is not None:
+            current.count += 1
+            if alert.details:
+                current.details = alert.details
+            return None
+        self.alerts[alert.key] = alert
+        alert.seq = self._publish("alert", {**asdict(alert), "active": True})
+        self.record(alert.service, "alert", f"{alert.kind}: {alert.cause}")
+        for notify in self.on_alert:
+            notify(alert)
+        return alert
+
+    def clear_alert(self, key: str, why: str = "") -> Alert | None:
+        """The cause is gone: the alert is cleared (kept among the cleared ones); None if none was raised."""
+        alert = self.alerts.pop(key, None)
+        if alert is None:
+            return None
+        alert.cleared_at = time.time()
+        self.cleared.append(alert)
+        self._publish("alert", {**asdict(alert), "active": False})
+        self.record(alert.service, "cleared", f"{alert.kind}: {why or 'the cause is gone'}")
+        return alert
+
+    def clear_alerts(
+        self, *, service: str, kinds: set[str] | None = None, pod: str | None = None, why: str = ""
+    ) -> None:
+        """Clear every alert of ``service`` (of ``kinds``, of ``pod``) that is raised."""
+        for key, alert in list(self.alerts.items()):
+            if alert.service != service or (kinds is not None and alert.kind not in kinds):
+                continue
+            if pod is not None and alert.pod != pod:
+                continue
+            self.clear_alert(key, why)
+
+    def active_alerts(self, service: str | None = None) -> list[Alert]:
+        return [a for a in self.alerts.values() if service is None or a.service == service]
+
+    # -- actions ----------------------------------------------------------------
+
+    async def act(self, action: str, service: str) -> str:
+        """Do ``action`` for ``service`` through `up`'s handler; ActionError says why it cannot be done."""
+        if service not in self.services:
+            raise ActionError(f"no service {service!r} (services: {', '.join(sorted(self.services))})")
+        handler = next((h for name, h in self.actions.items() if name == action), None)
+        if handler is None:
+            known = ", ".join(sorted(self.actions)) or "none"
+            raise ActionError(f"unknown action {action!r} (actions: {known})")
+        return await handler(service)
 
     def replica(self, service: str, pod: str) -> ReplicaStatus:
         return self.service(service).replicas.setdefault(pod, ReplicaStatus(pod=pod))
@@ -90,12 +271,16 @@ class Store:
             status.pod = next(iter(status.replicas), "")
         self.update(service)
 
-    def log(self, service: str, pod: str, text: str) -> None:
+    def log(self, service: str, pod: str, text: str) -> LogEntry:
         entry = LogEntry(service=service, pod=pod, text=text, at=time.time())
         self._logs.append(entry)
         for queue in self._log_subscribers:
-            if queue.qsize() < 10_000:
+            if queue.qsize() < SUBSCRIBER_BACKLOG:
                 queue.put_nowait(entry)
+        self._publish("log", asdict(entry))
+        for listener in self.on_log:
+            listener(entry)
+        return entry
 
     def recent_logs(self, service: str | None = None) -> list[LogEntry]:
         return [e for e in self._logs if service is None or e.service == service]
@@ -113,4 +298,10 @@ class Store:
             "project": self.project,
             "namespace": self.namespace,
             "services": {name: asdict(s) for name, s in sorted(self.services.items())},
+            "alerts": [{**asdict(a), "active": True} for a in self.alerts.values()],
+            "cleared": [{**asdict(a), "active": False} for a in self.cleared],
+            "actions": sorted(self.actions),
         }
+
+    def recent_timeline(self, service: str | None = None) -> list[TimelineEvent]:
+        return [e for e in self.timeline if service is None or e.service == service]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -93,6 +97,46 @@ def test_status_and_logs_work_from_another_terminal(up: Up) -> None:
     up.get()  # makes the backend log a request
     logs = eventually(lambda: (r := up.cli_run("logs", "backend")).stdout.count("GET /books") and r)
     assert all(line.startswith("backend") for line in logs.stdout.splitlines())
+
+
+def _api(up: Up, method: str, path: str) -> tuple[int, Any]:
+    """One call to the running `up`'s local API (its unix socket), as the dashboard and editors make."""
+
+    async def call() -> tuple[int, Any]:
+        connector = aiohttp.UnixConnector(path=str(up.dir / ".innerloop" / "api.sock"))
+        async with (
+            aiohttp.ClientSession(base_url="http://innerloop", connector=connector) as api,
+            api.request(method, path) as resp,
+        ):
+            return resp.status, await resp.json()
+
+    return asyncio.run(call())
+
+
+def test_pause_resume_and_restart_through_the_local_api_and_the_timeline_says_what_a_save_did(up: Up) -> None:
+    assert _api(up, "POST", "/v1/services/backend/pause") == (200, {"message": "backend: sync paused"})
+    source = up.dir / "backend" / "app.py"
+    source.write_text(source.read_text().replace('"hello from backend"', '"saved while paused"'))
+    eventually(
+        lambda: any(e["kind"] == "save" and "app.py" in e["message"] for e in _api(up, "GET", "/v1/timeline")[1])
+    )
+    time.sleep(1.5)  # a sync takes ~0.1 s here: a paused one has had ten times that
+    assert up.greeting() == "hello from backend"
+    assert _api(up, "POST", "/v1/services/backend/resume")[0] == 200
+    eventually(lambda: up.greeting() == "saved while paused")
+    kinds = [e["kind"] for e in _api(up, "GET", "/v1/timeline?service=backend")[1]]
+    assert kinds[kinds.index("paused") :][:4] == ["paused", "save", "resumed", "synced"], kinds
+    restarts = up.cli_run("status", "--json")
+    before = json.loads(restarts.stdout)["services"]["backend"]["replicas"]
+    status, answer = _api(up, "POST", "/v1/services/backend/restart")
+    assert (status, answer) == (200, {"message": "backend: restarted in 1 replica(s)"})
+    timeline = _api(up, "GET", "/v1/timeline?service=backend")[1]
+    restarted = [e for e in timeline if e["kind"] == "restarted" and "on request" in e["message"]]
+    assert [e["pod"] for e in restarted] == list(before), timeline[-3:]
+    eventually(lambda: up.greeting() == "saved while paused")  # it serves again after the restart
+    status, refused = _api(up, "POST", "/v1/services/nope/restart")
+    assert status == 409
+    assert "no service 'nope'" in refused["error"]
 
 
 def test_sync_resumes_after_the_pod_is_deleted(up: Up, kube: Kube) -> None:

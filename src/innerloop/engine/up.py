@@ -39,13 +39,14 @@ from innerloop.engine.plan import (
     start_order,
 )
 from innerloop.engine.sources import build_service_image, read_manifests
-from innerloop.engine.store import Store
+from innerloop.engine.store import ActionError, Store
 from innerloop.engine.target import Target, UpError
 from innerloop.engine.tokens import session_tokens
 from innerloop.forward.forward import ForwardError, ForwardEvent, PortForward
 from innerloop.forward.local_port import port_in_use
 from innerloop.logs.follower import LogFollower
 from innerloop.logs.lines import LogLine, color_index, format_line
+from innerloop.protocol.client import AgentError
 from innerloop.sync.session import SyncSession
 
 Report = Callable[[str], None]
@@ -91,6 +92,12 @@ class DevLoop:
         self.tokens: dict[str, list[str]] = {}  # per service: this up's agent token, then kept earlier ones
         self.applied: dict[str, list[ServicePlan]] = {}  # per service: every plan this up applied
         self.forwards: list[tuple[str, PortConfig, PortForward]] = []
+        self.sessions: dict[str, SyncSession] = {}  # per dev-mode service, while the loop runs
+        self._redeploying: dict[str, asyncio.Lock] = {}  # one rebuild at a time per service
+        self.store.actions["restart"] = self._restart_action
+        self.store.actions["rebuild"] = self._rebuild_action
+        self.store.actions["pause"] = self._pause_action
+        self.store.actions["resume"] = self._resume_action
 
     # -- build and deploy -------------------------------------------------------
 
@@ -104,7 +111,9 @@ class DevLoop:
         reference = self.target.deliver(image)  # a no-op when the cluster has this image already
         self.built[service.image.name] = dataclasses.replace(info, reference=reference)
         self.store.update(name, image=reference)
-        self.report(f"{name}: image {reference} ({(time.monotonic() - started) * 1000:.0f} ms)")
+        took_ms = (time.monotonic() - started) * 1000
+        self.report(f"{name}: image {reference} ({took_ms:.0f} ms)")
+        self.store.record(name, "built", f"image {reference} ({took_ms:.0f} ms)")
 
     def build(self) -> None:
         for name, service in self.project.services.items():
@@ -176,9 +185,12 @@ class DevLoop:
         plan = self._plan(name, docs, token=self.tokens[name][0], built=self.built)
         self.plans[name] = plan
         self.applied.setdefault(name, []).append(plan)  # the pods the sync session may trust
-        self.store.update(name, phase="deploying")
+        self.store.update(name, phase="deploying", dev_mode=plan.dev_mode)
         await apply_all(
             client, project=self.project.name, namespace=self.namespace, docs=plan.docs, project_dir=self.root
+        )
+        self.store.record(
+            name, "deployed", f"applied {len(plan.docs)} objects" + (" in dev mode" if plan.dev_mode else "")
         )
 
     async def _wait_ready(self, client: AsyncClient, name: str) -> None:
@@ -277,6 +289,7 @@ class DevLoop:
                         store=self.store,
                         report=self.report,
                     )
+                    self.sessions[name] = session
                     tg.create_task(session.run(), name=f"sync-{name}")
                 tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
                 tg.create_task(self._redeploy_on_changes(name), name=f"redeploy-{name}")
@@ -329,7 +342,8 @@ class DevLoop:
             shown = ", ".join(str(t.relative_to(self.root)) for t in triggers[:3])
             self.report(f"{name}: {shown} changed, which sync cannot serve: redeploying")
             try:
-                await self._redeploy(name)
+                async with self._redeploying.setdefault(name, asyncio.Lock()):
+                    await self._redeploy(name)
             except (PlanError, UpError, DeployError, DevModeError, ConfigError, OSError, ValueError) as err:
                 self.store.update(name, phase="error", message=str(err))
                 self.report(f"{name}: redeploy failed: {err} (fix it and save again)")
@@ -345,6 +359,45 @@ class DevLoop:
         finally:
             await client.close()
         self.report(f"{name}: redeployed")
+
+    # -- actions (the dashboard's buttons, the local API's POSTs) ------------------
+
+    def _session(self, name: str, doing: str) -> SyncSession:
+        session = self.sessions.get(name)
+        if session is None:
+            raise ActionError(f"{name} does not run in dev mode (no sync rules), so it cannot {doing}: use rebuild")
+        return session
+
+    async def _restart_action(self, name: str) -> str:
+        try:
+            message = await self._session(name, "restart its process").restart()
+        except AgentError as err:
+            raise ActionError(str(err)) from None
+        self.report(message)
+        return message
+
+    async def _pause_action(self, name: str) -> str:
+        message = self._session(name, "pause its sync").pause()
+        self.report(message)
+        return message
+
+    async def _resume_action(self, name: str) -> str:
+        message = self._session(name, "resume its sync").resume()
+        self.report(message)
+        return message
+
+    async def _rebuild_action(self, name: str) -> str:
+        lock = self._redeploying.setdefault(name, asyncio.Lock())
+        if lock.locked():
+            raise ActionError(f"{name} is being redeployed already")
+        async with lock:
+            self.report(f"{name}: rebuilding and redeploying on request")
+            try:
+                await self._redeploy(name)
+            except (PlanError, UpError, DeployError, DevModeError, ConfigError, OSError, ValueError) as err:
+                self.store.update(name, phase="error", message=str(err))
+                raise ActionError(f"{name}: redeploy failed: {err}") from None
+        return f"{name}: redeployed"
 
     def _progress(self, service: str, message: str) -> None:
         self.report(f"{service}: {message}")

@@ -87,6 +87,7 @@ class Replica:
     seen: Pod | None = None  # the pod as the watch last reported it
     dirty: set[tuple[int, str]] = field(default_factory=set)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    agent: AgentClient | None = None  # while linked: restart and status go through it
 
     def mark(self, changes: set[tuple[int, str]]) -> None:
         if changes:
@@ -170,6 +171,45 @@ class SyncSession:
         self._replicas: dict[str, Replica] = {}
         self._primary: str | None = None  # the replica two-way roots are pulled from
         self.connected = asyncio.Event()
+        self._resumed = asyncio.Event()  # cleared while the user paused the sync
+        self._resumed.set()
+
+    # -- what the dashboard and the API ask for -------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def pause(self) -> str:
+        """Hold every change here until :meth:`resume` (the watcher keeps counting them)."""
+        self._resumed.clear()
+        self._store.update(self._service, sync_paused=True)
+        self._store.record(self._service, "paused", "sync paused: saves wait until it is resumed")
+        return f"{self._service}: sync paused"
+
+    def resume(self) -> str:
+        self._resumed.set()
+        self._store.update(self._service, sync_paused=False)
+        waiting = sum(len(r.dirty) for r in self._replicas.values())
+        self._store.record(self._service, "resumed", f"sync resumed ({waiting} changed paths waiting)")
+        return f"{self._service}: sync resumed"
+
+    async def restart(self) -> str:
+        """Restart the process in every linked replica (as a sync does); says in how many."""
+        linked = [r for r in self._replicas.values() if r.agent is not None]
+        if not linked:
+            raise AgentError(f"{self._service}: no replica is linked yet; try again once it is in sync")
+        results = await asyncio.gather(*(self._restart_replica(r) for r in linked), return_exceptions=True)
+        failed = [f"{r.pod}: {e}" for r, e in zip(linked, results, strict=True) if isinstance(e, BaseException)]
+        if failed:
+            raise AgentError(f"{self._service}: restart failed in " + "; ".join(failed))
+        return f"{self._service}: restarted in {len(linked)} replica(s)"
+
+    async def _restart_replica(self, replica: Replica) -> None:
+        assert replica.agent is not None
+        ms = await self._restart(replica.agent)
+        self._store.update_replica(self._service, replica.pod, last_restart_ms=ms)
+        self._store.record(self._service, "restarted", f"restarted on request in {ms:.0f} ms", pod=replica.pod)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -191,6 +231,11 @@ class SyncSession:
                     for root_path, root_changes in batch.changes.items()
                     for change in root_changes
                 }
+                if changes:
+                    shown = sorted(path for _, path in changes)
+                    more = f" and {len(shown) - 3} more" if len(shown) > 3 else ""
+                    held = " (sync paused)" if self.paused else ""
+                    self._store.record(self._service, "save", ", ".join(shown[:3]) + more + held)
                 self._mark_all(changes)
 
     def _mark_all(self, changes: set[tuple[int, str]]) -> None:
@@ -279,30 +324,54 @@ class SyncSession:
                 "`innerloop down` then `innerloop up`"
             ) from None
         async with agent:
-            replica.dirty.clear()  # the initial comparison covers everything changed until now
+            events = asyncio.create_task(self._follow_events(agent, replica), name=f"events-{replica.pod}")
+            replica.agent = agent
+            try:
+                await self._linked(agent, replica)
+            finally:
+                replica.agent = None
+                events.cancel()
+
+    async def _follow_events(self, agent: AgentClient, replica: Replica) -> None:
+        """The agent's news: the app exiting on its own (a crash, for the alerts) goes on the timeline."""
+        async for event in agent.events():
+            if event.kind == "process-exited":
+                self._store.record(
+                    self._service,
+                    "exited",
+                    f"{event.message or 'exited'} in {replica.pod}",
+                    pod=replica.pod,
+                    exit_code=event.exit_code,
+                )
+            elif event.kind == "process-started":
+                self._store.record(self._service, "started", f"process started in {replica.pod}", pod=replica.pod)
+
+    async def _linked(self, agent: AgentClient, replica: Replica) -> None:
+        replica.dirty.clear()  # the initial comparison covers everything changed until now
+        replica.wake.clear()
+        self._store.update_replica(self._service, replica.pod, state="syncing")
+        await self._initial_sync(agent, replica)
+        if self._primary is None:
+            self._primary = replica.pod
+        self._store.update_replica(self._service, replica.pod, state="in sync", synced_at=time.time())
+        self._store.update(self._service, pod=self._primary or replica.pod, phase="running", message="")
+        self.connected.set()
+        two_way = any(r.two_way for r in self.roots)
+        while True:
+            if two_way:
+                try:
+                    await asyncio.wait_for(replica.wake.wait(), PULL_INTERVAL_S)
+                except TimeoutError:
+                    if self._primary is None:
+                        self._primary = replica.pod
+                    if self._primary == replica.pod:
+                        await self._pull(agent, replica)
+                    continue
+            else:
+                await replica.wake.wait()
+            await self._resumed.wait()  # paused: the changes wait here, marked
             replica.wake.clear()
-            self._store.update_replica(self._service, replica.pod, state="syncing")
-            await self._initial_sync(agent, replica)
-            if self._primary is None:
-                self._primary = replica.pod
-            self._store.update_replica(self._service, replica.pod, state="in sync", synced_at=time.time())
-            self._store.update(self._service, pod=self._primary or replica.pod, phase="running", message="")
-            self.connected.set()
-            two_way = any(r.two_way for r in self.roots)
-            while True:
-                if two_way:
-                    try:
-                        await asyncio.wait_for(replica.wake.wait(), PULL_INTERVAL_S)
-                    except TimeoutError:
-                        if self._primary is None:
-                            self._primary = replica.pod
-                        if self._primary == replica.pod:
-                            await self._pull(agent, replica)
-                        continue
-                else:
-                    await replica.wake.wait()
-                replica.wake.clear()
-                await self._sync_dirty(agent, replica)
+            await self._sync_dirty(agent, replica)
 
     async def _initial_sync(self, agent: AgentClient, replica: Replica) -> None:
         total_files = 0
@@ -372,6 +441,10 @@ class SyncSession:
         self._store.update_replica(self._service, replica.pod, state="in sync", synced_at=time.time())
         extra = f", restarted in {restart_ms:.0f} ms" if restart_ms is not None else ""
         self._report(f"{self._service}: synced {len(changed)} file(s){self._where(replica)} in {sync_ms:.0f} ms{extra}")
+        shown = ", ".join(sorted(changed)[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        self._store.record(self._service, "synced", f"{shown} in {sync_ms:.0f} ms{extra}", pod=replica.pod)
+        if restart_ms is not None:
+            self._store.record(self._service, "restarted", f"restarted in {restart_ms:.0f} ms", pod=replica.pod)
 
     def _count(self, replica: Replica, *, files: int = 0, syncs: int = 0, **last: float | None) -> None:
         """Add to the replica's counters in the store; the primary replica's also count for the service."""

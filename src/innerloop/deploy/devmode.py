@@ -13,7 +13,12 @@ Nothing is rebuilt and nothing needs a shell or tar in the image:
   restarts the child after a sync without the container ever exiting (so no
   CrashLoopBackOff and no liveness failure);
 - the agent's token *hash* comes from a Secret mounted read-only (the token
-  itself stays with the CLI: see :mod:`innerloop.agent.server`).
+  itself stays with the CLI: see :mod:`innerloop.agent.server`);
+- a debugging service (:class:`DebugPatch`) runs its debug launch instead of
+  the original command and loses its liveness and startup probes while it
+  debugs: a process paused at a breakpoint must not be killed. Readiness
+  stays, so a paused pod only leaves its Service's endpoints. The next plain
+  `up` (or `down`) applies the manifest's workload again, probes included.
 
 Every added container passes the *restricted* Pod Security Standard.
 """
@@ -32,6 +37,7 @@ TOKEN_DIR = "/.innerloop-token"
 TOKEN_KEY = "sha256"  # the token Secret's one key: the hash of the token, never the token
 SYNC_SEED_DIR = "/.innerloop-sync"
 DEV_MODE_ANNOTATION = "innerloop.dev/dev-mode"
+DEBUG_ANNOTATION = "innerloop.dev/debug"  # the debugger's language and port, e.g. "python 5678"
 AGENT_PORT_ANNOTATION = "innerloop.dev/agent-port"
 # The names the patch adds; :func:`app_pod` removes exactly these.
 RUNTIME_VOLUME = "innerloop-runtime"
@@ -46,6 +52,21 @@ class DevModeError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DebugPatch:
+    """What a debugging service's container runs: see :class:`innerloop.debug.languages.DebugLaunch`."""
+
+    command: Sequence[str]
+    env: Mapping[str, str]
+    language: str
+    port: int
+
+
+# Options variables that a debug launch adds to rather than replaces (the manifest may set its own).
+_JOINED_ENV = ("JAVA_TOOL_OPTIONS", "NODE_OPTIONS", "JDK_JAVA_OPTIONS")
+DEBUG_DROPPED_PROBES = ("livenessProbe", "startupProbe")
+
+
+@dataclass(frozen=True, kw_only=True)
 class DevMode:
     agent_image: str
     token_secret: str
@@ -54,6 +75,17 @@ class DevMode:
     container: str | None = None
     agent_port: int = 47600
     env: Mapping[str, str] = field(default_factory=dict)
+    debug: DebugPatch | None = None
+
+
+def _debug_env(existing: Sequence[Mapping[str, Any]], debug: DebugPatch) -> dict[str, str]:
+    """The debug launch's variables; an options variable the container already sets keeps its value after ours."""
+    out = dict(debug.env)
+    for entry in existing:
+        name = entry.get("name")
+        if name in out and name in _JOINED_ENV and isinstance(entry.get("value"), str) and entry["value"]:
+            out[name] = f"{out[name]} {entry['value']}"
+    return out
 
 
 def _restricted(existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -154,11 +186,18 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
         "--token-sha256-file",
         f"{TOKEN_DIR}/{TOKEN_KEY}",
         "--",
-        *dev.command,
+        *(dev.debug.command if dev.debug is not None else dev.command),
     ]
     app.pop("args", None)
-    env = [e for e in app.get("env") or [] if e.get("name") not in dev.env]
-    env += [{"name": k, "value": v} for k, v in dev.env.items()]
+    added = dict(dev.env)
+    if dev.debug is not None:
+        added.update(
+            _debug_env([*(app.get("env") or []), *({"name": k, "value": v} for k, v in dev.env.items())], dev.debug)
+        )
+        for probe in DEBUG_DROPPED_PROBES:
+            app.pop(probe, None)
+    env = [e for e in app.get("env") or [] if e.get("name") not in added]
+    env += [{"name": k, "value": v} for k, v in added.items()]
     env += [{"name": k, "value": v} for k, v in runtime_env(MOUNT_ROOT).items()]
     app["env"] = env
 
@@ -167,6 +206,8 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
         annotations = template_meta.setdefault("annotations", {})
         annotations[DEV_MODE_ANNOTATION] = "true"
         annotations[AGENT_PORT_ANNOTATION] = str(dev.agent_port)
+        if dev.debug is not None:
+            annotations[DEBUG_ANNOTATION] = f"{dev.debug.language} {dev.debug.port}"
     return doc
 
 

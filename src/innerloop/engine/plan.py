@@ -4,7 +4,9 @@ Given the parsed config, the manifests' text and what the builder produced,
 this module decides everything that does not need the cluster: the start
 order from ``dependsOn``, the objects of each service with built images
 pinned, the workload innerloop develops on, and its dev-mode patch (for
-services that sync). The engine only executes the result.
+services that sync, and services that debug: their process runs under its
+debugger, see :mod:`innerloop.debug.languages`). The engine only executes
+the result.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from innerloop.config import Problem, Project, Service
-from innerloop.deploy.devmode import TOKEN_KEY, DevMode, apply_dev_mode, find_container, original_command
+from innerloop.debug.languages import DebugError, DebugLaunch, detect_language, launch_for
+from innerloop.deploy.devmode import (
+    TOKEN_KEY,
+    DebugPatch,
+    DevMode,
+    apply_dev_mode,
+    find_container,
+    original_command,
+)
 from innerloop.deploy.render import pin_images, pod_spec
 from innerloop.protocol.messages import token_sha256
 
@@ -55,6 +65,36 @@ class ServicePlan:
     agent_port: int = AGENT_PORT
     ready_wait: bool = True
     labels: dict[str, str] = field(default_factory=dict)
+    debug: DebugLaunch | None = None  # the service runs under its debugger
+
+
+def sync_mappings(service: Service) -> list[tuple[str, str]]:
+    """(local folder relative to the project, container folder) per sync rule: the debuggers' path mappings."""
+    return [(rule.local.rstrip("/") or ".", rule.remote.rstrip("/") or "/") for rule in service.sync]
+
+
+def debug_launch(name: str, service: Service, command: list[str], files: Sequence[str]) -> DebugLaunch:
+    """A service's debug launch from its config and original command; a :class:`PlanProblems` says what to set."""
+    language: str = service.debug.language
+    if language == "auto":
+        found = detect_language(command, files)
+        if found is None:
+            raise PlanProblems(
+                [
+                    Problem(
+                        ("services", name, "debug", "language"),
+                        f"cannot tell the language of {' '.join(command) or 'its command'} from it or its synced "
+                        "files: set debug.language (python, go, node, java)",
+                    )
+                ]
+            )
+        language = found
+    try:
+        return launch_for(
+            language, command, port=service.debug.port, wait=service.debug.wait, mappings=sync_mappings(service)
+        )
+    except DebugError as err:
+        raise PlanProblems([Problem(("services", name, "debug"), str(err))]) from None
 
 
 def start_order(project: Project) -> list[list[str]]:
@@ -206,7 +246,10 @@ def plan_service(
     built: Mapping[str, BuiltImageInfo],
     agent_image: str,
     token: str,
+    debugging: Mapping[str, Sequence[str]] | None = None,
 ) -> ServicePlan:
+    """``debugging``: the services to run under their debugger, each with its synced files' relative names
+    (for ``language: auto``)."""
     service = project.services[name]
     pin_images(docs, {image_name: info.reference for image_name, info in built.items()})
     workload = find_workload(docs, name, service)
@@ -221,12 +264,16 @@ def plan_service(
     selector = dict(workload["spec"].get("selector", {}).get("matchLabels") or {})
     if not selector:
         raise PlanError(f"services.{name}: {workload['metadata']['name']} has no selector.matchLabels")
-    dev_mode = bool(service.sync)
+    debug_files = (debugging or {}).get(name)
+    dev_mode = bool(service.sync) or debug_files is not None
     out_docs = list(docs)
     secret = ""
+    launch: DebugLaunch | None = None
     if dev_mode:
         image = next((info for info in built.values() if info.reference == container.get("image")), None)
         command = original_command(container, image.entrypoint if image else (), image.cmd if image else ())
+        if debug_files is not None:
+            launch = debug_launch(name, service, command, debug_files)
         secret = token_secret_name(project.name, name)
         patched = apply_dev_mode(
             workload,
@@ -238,6 +285,14 @@ def plan_service(
                 container=container.get("name"),
                 agent_port=AGENT_PORT,
                 env=dict(service.env),
+                debug=None
+                if launch is None
+                else DebugPatch(
+                    command=launch.command if launch.replaces_command else command,
+                    env=launch.env,
+                    language=launch.language,
+                    port=launch.port,
+                ),
             ),
         )
         out_docs = [patched if d is workload else d for d in docs]
@@ -265,4 +320,5 @@ def plan_service(
         dev_mode=dev_mode,
         token_secret=secret,
         ready_wait=service.healthy == "ready",
+        debug=launch,
     )

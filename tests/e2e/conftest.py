@@ -49,11 +49,16 @@ def namespace(kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
     kube.run("delete", "namespace", name, "--wait=false", check=False)
 
 
-@pytest.fixture
-def innerloop_cli() -> list[str]:
+def innerloop_command() -> list[str]:
     """How to run the innerloop command of this checkout."""
     venv_bin = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "innerloop"
     return [str(venv_bin)] if venv_bin.exists() else ["python", "-m", "innerloop"]
+
+
+@pytest.fixture
+def innerloop_cli() -> list[str]:
+    """How to run the innerloop command of this checkout."""
+    return innerloop_command()
 
 
 def run_cli(cli: list[str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import secrets
 import signal
 import subprocess
 import time
@@ -15,17 +17,19 @@ import aiohttp
 import pytest
 import yaml
 
+from innerloop.cluster.node import BundledCluster
+
 from .bookshop import Up, copy_bookshop, running_up
+from .conftest import innerloop_command
 from .kube import Kube, eventually
 
 # Stands in for `pip install -r requirements.txt` (the distroless image has no pip): records that it ran.
 STEP = "import pathlib; pathlib.Path('/app/step-ran.txt').write_text(pathlib.Path('/app/requirements.txt').read_text())"
 
 
-@pytest.fixture
-def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Up]:
+def _start(innerloop_cli: list[str], kube: Kube, namespace: str, folder: Path) -> Iterator[Up]:
     # The Python services only: the five-service chain is tests/e2e/test_example_app.py's.
-    app, ports = copy_bookshop(tmp_path / "bookshop", only=["backend", "api", "frontend"])
+    app, ports = copy_bookshop(folder / "bookshop", only=["backend", "api", "frontend"])
     # An onChange step, as a project would reinstall dependencies when requirements.txt changes.
     config = yaml.safe_load((app / "innerloop.yaml").read_text())
     config["services"]["backend"]["onChange"] = [
@@ -33,8 +37,34 @@ def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> 
     ]
     (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    with running_up(innerloop_cli, app, ports, namespace=namespace, log=tmp_path / "up.log") as handle:
+    with running_up(innerloop_cli, app, ports, namespace=namespace, log=folder / "up.log") as handle:
         yield handle
+
+
+@pytest.fixture
+def up(innerloop_cli: list[str], kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Up]:
+    """An `up` of this test's own: for the tests that stop it, kill it, break it or redeploy it."""
+    yield from _start(innerloop_cli, kube, namespace, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared_up(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    """One `up` for the tests that only edit files and read: each leaves it serving, none assumes another's edits."""
+    info = bundled_cluster.info()
+    assert info is not None, "bundled cluster is not ready"
+    kube = Kube(kubectl_bin=info.kubectl, kubeconfig=info.kubeconfig, images=info.images)
+    name = f"t-shared-up-{secrets.token_hex(3)}"
+    kube.run("create", "namespace", name)
+    cli = innerloop_command()
+    try:
+        yield from _start(cli, kube, name, tmp_path_factory.mktemp("shared-up"))
+    finally:
+        kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _set_greeting(up: Up, text: str) -> None:
+    source = up.dir / "backend" / "app.py"
+    source.write_text(re.sub(r'"(hello from backend|greeting: [^"]*)"', f'"greeting: {text}"', source.read_text()))
 
 
 def _pod(kube: Kube, namespace: str, app: str) -> dict[str, object]:
@@ -45,13 +75,12 @@ def _pod(kube: Kube, namespace: str, app: str) -> dict[str, object]:
     return pod
 
 
-def test_edit_reaches_the_running_container_without_a_new_pod(up: Up, kube: Kube) -> None:
-    assert up.greeting() == "hello from backend"
+def test_edit_reaches_the_running_container_without_a_new_pod(shared_up: Up, kube: Kube) -> None:
+    up = shared_up
     before = _pod(kube, up.namespace, "backend")
-    source = up.dir / "backend" / "app.py"
-    source.write_text(source.read_text().replace('"hello from backend"', '"hello from an edit"'))
+    _set_greeting(up, "an edit")
     # How fast is measured in bench/ (docs/BENCHMARKS.md); here, that it happens, and how.
-    eventually(lambda: up.greeting() == "hello from an edit", interval_s=0.05)
+    eventually(lambda: up.greeting() == "greeting: an edit", interval_s=0.05)
     after = _pod(kube, up.namespace, "backend")
     # Same pod, same container: the process was restarted by the agent, nothing was recreated.
     assert after["metadata"]["name"] == before["metadata"]["name"]  # type: ignore[index]
@@ -59,7 +88,8 @@ def test_edit_reaches_the_running_container_without_a_new_pod(up: Up, kube: Kube
     up.logged("backend: synced 1 file(s)")
 
 
-def test_new_and_deleted_files_propagate_and_excludes_hold(up: Up, kube: Kube) -> None:
+def test_new_and_deleted_files_propagate_and_excludes_hold(shared_up: Up, kube: Kube) -> None:
+    up = shared_up
     pod = _pod(kube, up.namespace, "backend")["metadata"]["name"]  # type: ignore[index]
 
     def remote_listing() -> list[str]:
@@ -87,7 +117,8 @@ def test_new_and_deleted_files_propagate_and_excludes_hold(up: Up, kube: Kube) -
     assert "Dockerfile" not in remote_listing()
 
 
-def test_status_and_logs_work_from_another_terminal(up: Up) -> None:
+def test_status_and_logs_work_from_another_terminal(shared_up: Up) -> None:
+    up = shared_up
     status = up.cli_run("status", "--json")
     assert status.returncode == 0, status.stderr
     snapshot = json.loads(status.stdout)
@@ -113,19 +144,21 @@ def _api(up: Up, method: str, path: str) -> tuple[int, Any]:
     return asyncio.run(call())
 
 
-def test_pause_resume_and_restart_through_the_local_api_and_the_timeline_says_what_a_save_did(up: Up) -> None:
+def test_pause_resume_and_restart_through_the_local_api_and_the_timeline_says_what_a_save_did(shared_up: Up) -> None:
+    up = shared_up
+    served = up.greeting()
     assert _api(up, "POST", "/v1/services/backend/pause") == (200, {"message": "backend: sync paused"})
-    source = up.dir / "backend" / "app.py"
-    source.write_text(source.read_text().replace('"hello from backend"', '"saved while paused"'))
+    _set_greeting(up, "saved while paused")
     eventually(
-        lambda: any(e["kind"] == "save" and "app.py" in e["message"] for e in _api(up, "GET", "/v1/timeline")[1])
+        lambda: any(e["kind"] == "save" and "(sync paused)" in e["message"] for e in _api(up, "GET", "/v1/timeline")[1])
     )
     time.sleep(1.5)  # a sync takes ~0.1 s here: a paused one has had ten times that
-    assert up.greeting() == "hello from backend"
+    assert up.greeting() == served
     assert _api(up, "POST", "/v1/services/backend/resume")[0] == 200
-    eventually(lambda: up.greeting() == "saved while paused")
+    eventually(lambda: up.greeting() == "greeting: saved while paused")
     kinds = [e["kind"] for e in _api(up, "GET", "/v1/timeline?service=backend")[1]]
-    assert kinds[kinds.index("paused") :][:4] == ["paused", "save", "resumed", "synced"], kinds
+    after_pause = kinds[len(kinds) - 1 - kinds[::-1].index("paused") :]
+    assert after_pause[:4] == ["paused", "save", "resumed", "synced"], kinds
     restarts = up.cli_run("status", "--json")
     before = json.loads(restarts.stdout)["services"]["backend"]["replicas"]
     status, answer = _api(up, "POST", "/v1/services/backend/restart")
@@ -133,7 +166,7 @@ def test_pause_resume_and_restart_through_the_local_api_and_the_timeline_says_wh
     timeline = _api(up, "GET", "/v1/timeline?service=backend")[1]
     restarted = [e for e in timeline if e["kind"] == "restarted" and "on request" in e["message"]]
     assert [e["pod"] for e in restarted] == list(before), timeline[-3:]
-    eventually(lambda: up.greeting() == "saved while paused")  # it serves again after the restart
+    eventually(lambda: up.greeting() == "greeting: saved while paused")  # it serves again after the restart
     status, refused = _api(up, "POST", "/v1/services/nope/restart")
     assert status == 409
     assert "no service 'nope'" in refused["error"]
@@ -204,7 +237,8 @@ def test_up_killed_with_sigkill_then_up_and_down_again(up: Up, kube: Kube) -> No
     assert [c["metadata"]["name"] for c in configmaps] == ["kube-root-ca.crt"]
 
 
-def test_on_change_steps_run_in_the_container_when_their_files_change(up: Up, kube: Kube) -> None:
+def test_on_change_steps_run_in_the_container_when_their_files_change(shared_up: Up, kube: Kube) -> None:
+    up = shared_up
     pod = str(_pod(kube, up.namespace, "backend")["metadata"]["name"])  # type: ignore[index]
 
     def step_output() -> str:
@@ -213,23 +247,25 @@ def test_on_change_steps_run_in_the_container_when_their_files_change(up: Up, ku
         return out.stdout.strip()
 
     assert step_output() == ""
+    synced = up.log.read_text().count("backend: synced")
     (up.dir / "backend" / "requirements.txt").write_text("requests==2.32.3\n")
     assert eventually(lambda: step_output() == "requests==2.32.3")
     up.logged("backend: ran python3")
     # A change that matches no step runs none.
     (up.dir / "backend" / "other.txt").write_text("x")
-    eventually(lambda: up.log.read_text().count("backend: synced") >= 2)
+    eventually(lambda: up.log.read_text().count("backend: synced") >= synced + 2)
     assert up.log.read_text().count("backend: ran python3") == 1
 
 
-def test_a_second_up_for_the_same_project_is_refused(up: Up) -> None:
+def test_a_second_up_for_the_same_project_is_refused(shared_up: Up) -> None:
+    up = shared_up
     out = subprocess.run(
         [*up.cli, "up", "-n", up.namespace], cwd=up.dir, capture_output=True, text=True, timeout=180, check=False
     )
     assert out.returncode == 1
     assert "already runs" in out.stderr
     assert up.proc.poll() is None, "the first up keeps running"
-    assert up.greeting() == "hello from backend"
+    assert up.greeting()  # and serves
 
 
 def test_a_manifest_change_is_applied(up: Up, kube: Kube) -> None:

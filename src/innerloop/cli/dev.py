@@ -173,13 +173,26 @@ def status(config_file: str | None, as_json: bool) -> None:
     assert isinstance(services, dict)
     for name, s in services.items():
         sync = f"{s['syncs']} syncs, last {s['last_sync_ms']} ms" if s["syncs"] else "no syncs yet"
+        if s.get("sync_paused"):
+            sync += " (sync paused)"
         click.echo(f"  {name:<16} {s['phase']:<10} {s['pod'] or '-':<36} {sync}  {' '.join(s['forwards'])}")
+        if s.get("debug"):
+            click.echo(f"    debugger: {s['debug']}")
         replicas = s.get("replicas") or {}
         if len(replicas) > 1 or any(r["state"] != "in sync" for r in replicas.values()):
             for pod, r in replicas.items():
                 last = f", last {r['last_sync_ms']} ms" if r["syncs"] else ""
                 why = f" ({r['message']})" if r["message"] else ""
                 click.echo(f"    {pod:<46} {r['state']:<12} {r['syncs']} syncs{last}{why}")
+    alerts = snapshot.get("alerts") or []
+    assert isinstance(alerts, list)
+    if alerts:
+        click.echo(f"alerts ({len(alerts)}):")
+    for alert in alerts:
+        times = f" (x{alert['count']})" if alert.get("count", 1) > 1 else ""
+        click.echo(f"  {alert['service']}: {alert['kind']}{times}: {alert['cause']}")
+        if alert.get("hint"):
+            click.echo(f"    {alert['hint']}")
 
 
 @click.command()

@@ -156,6 +156,7 @@ class Store:
         self.cleared: collections.deque[Alert] = collections.deque(maxlen=cleared_alerts)
         self.actions: dict[Action, ActionHandler] = {}  # registered by `up`
         self.on_alert: list[Callable[[Alert], None]] = []  # the terminal, desktop notifications
+        self.on_alert_cleared: list[Callable[[Alert], None]] = []  # the terminal's "cleared" line
         self.on_log: list[Callable[[LogEntry], None]] = []  # the log-error alerts
         self.changed = asyncio.Event()
 
@@ -227,6 +228,8 @@ class Store:
         self.cleared.append(alert)
         self._publish("alert", {**asdict(alert), "active": False})
         self.record(alert.service, "cleared", f"{alert.kind}: {why or 'the cause is gone'}")
+        for notify in self.on_alert_cleared:
+            notify(alert)
         return alert
 
     def clear_alerts(

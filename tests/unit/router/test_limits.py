@@ -23,7 +23,8 @@ def test_partial_heads_are_closed_after_the_head_timeout_while_others_are_served
     """The attack: 300 connections each sending part of a request head and then nothing (slowloris) stayed open."""
 
     async def scenario() -> None:
-        limits = Limits(head_timeout=0.5, max_connections_per_source=1000)
+        # 1.5 s, not less: on a loaded machine the ordinary client's own head may wait that long for the loop.
+        limits = Limits(head_timeout=1.5, max_connections_per_source=1000)
         async with running_router(limits=limits) as r:
             slow = []
             for _ in range(300):
@@ -34,7 +35,7 @@ def test_partial_heads_are_closed_after_the_head_timeout_while_others_are_served
             reader, writer = await r.open()
             writer.write(b"GET /ok HTTP/1.1\r\nHost: svc\r\n\r\n")
             assert await read_response(reader) == (200, b"origin 1")
-            answers = await asyncio.gather(*(closed_within(reader, 3) for reader, _ in slow))
+            answers = await asyncio.gather(*(closed_within(reader, 5) for reader, _ in slow))
             assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
             assert r.origin.requests == [(b"GET", b"/ok")]
 

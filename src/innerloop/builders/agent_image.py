@@ -62,6 +62,8 @@ from innerloop.oci.bytecode import with_bytecode
 from innerloop.oci.layout import write_index_layout
 
 Report = Callable[[str], None]
+# Debug tools for one architecture (innerloop.debug.tools): entries under <root>/tools/<name>/, a layer of their own.
+ToolEntries = Callable[[str], Sequence[FileEntry]]
 
 IMAGE_ROOT = "/opt/innerloop"
 MOUNT_ROOT = "/.innerloop"
@@ -433,7 +435,7 @@ def _compiled(entries: list[FileEntry], version: str) -> list[FileEntry]:
     return [*entries, *(c for c in with_bytecode(lacking) if c.path.endswith(".pyc"))]
 
 
-def _source_key(python_archive: Path, arch: str, sources: list[FileEntry]) -> str:
+def _source_key(python_archive: Path, arch: str, sources: Sequence[FileEntry]) -> str:
     """What the image is made of, hashed cheaply: the base, the architecture, the agent's sources (not bytecode)."""
     digest = hashlib.sha256(f"{LAYOUT_VERSION} {arch} {python_archive.name}".encode())
     digest.update(repr((runtime_command(IMAGE_ROOT), runtime_env(IMAGE_ROOT))).encode())
@@ -443,11 +445,20 @@ def _source_key(python_archive: Path, arch: str, sources: list[FileEntry]) -> st
 
 
 def build_agent_image(
-    *, python_archive: Path, out_dir: Path, arch: str = "amd64", what: str | None = None
+    *,
+    python_archive: Path,
+    out_dir: Path,
+    arch: str = "amd64",
+    what: str | None = None,
+    tools: ToolEntries | None = None,
 ) -> BuiltImage:
-    """The agent image for ``arch`` on the Python of ``python_archive`` (a docker-save archive), cached."""
+    """The agent image for ``arch`` on the Python of ``python_archive`` (a docker-save archive), cached.
+
+    ``tools``: the debug tools a debugging service needs, as a third layer (none: the plain agent).
+    """
     package_root = Path(__file__).resolve().parents[1]
-    probe = agent_entries(package_root)
+    tool_files = list(tools(arch)) if tools is not None else []
+    probe = [*agent_entries(package_root), *tool_files]
     # Rebuilding an unchanged image costs ~1 s (bytecode, hashing the runtime layer):
     # a note per source hash says which tag those sources became.
     note = out_dir / f"agent-src-{_source_key(python_archive, arch, probe)}.tag"
@@ -476,6 +487,8 @@ def build_agent_image(
         labels={"org.opencontainers.image.title": "innerloop-agent"},
     )
     layers = [runtime, agent]
+    if tool_files:
+        layers.append(layer_from_entries(_with_parents(tool_files)))
     tag = f"innerloop.local/innerloop-agent:{image_id(layers=layers, config=config, architecture=arch)[:12]}"
     archive = out_dir / f"agent-{tag.rsplit(':', 1)[1]}.tar"
     if not archive.exists():
@@ -505,12 +518,13 @@ def build_agent(
     report: Report,
     bundled_python: Callable[[], Path] | None = None,
     skopeo: str = "skopeo",
+    tools: ToolEntries | None = None,
 ) -> BuiltImage:
     """The agent image ``plan`` asks for: on the bundled Python, or on ``plan.base`` fetched per architecture."""
     out_dir = paths.images
     if plan.base is None:
         python = bundled_python or (lambda: ClusterImages(paths=paths, report=report).python().archive)
-        return build_agent_image(python_archive=python(), out_dir=out_dir, arch="amd64")
+        return build_agent_image(python_archive=python(), out_dir=out_dir, arch="amd64", tools=tools)
     if shutil.which(skopeo) is None:
         raise AgentImageError(
             f"building the agent from {plan.base} needs skopeo to fetch it: "
@@ -526,5 +540,7 @@ def build_agent(
                 f"the agent's base: {err}; set agentBase in innerloop.yaml to a Python image this machine can pull, "
                 "or agentImage to a pre-built agent image"
             ) from None
-        images.append(build_agent_image(python_archive=archive, out_dir=out_dir, arch=arch, what=plan.base))
+        images.append(
+            build_agent_image(python_archive=archive, out_dir=out_dir, arch=arch, what=plan.base, tools=tools)
+        )
     return images[0] if len(images) == 1 else index_image(images, out_dir=out_dir)

@@ -8,6 +8,7 @@ import click
 
 from innerloop import __version__
 from innerloop.cli.cluster import cluster
+from innerloop.cli.debug import debug_command
 from innerloop.cli.demo import demo
 from innerloop.cli.dev import down_command, logs, status, up
 from innerloop.cli.doctor import doctor
@@ -26,6 +27,7 @@ def cli() -> None:
 cli.add_command(cluster)
 cli.add_command(demo)
 cli.add_command(up)
+cli.add_command(debug_command)
 cli.add_command(down_command)
 cli.add_command(status)
 cli.add_command(logs)

@@ -14,7 +14,7 @@ import copy
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,12 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
-from innerloop.builders.agent_image import AgentImageError, AgentPlan, build_agent
+from innerloop.builders.agent_image import AgentImageError, AgentPlan, ToolEntries, build_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
+from innerloop.debug.editor import Attach, publish
+from innerloop.debug.services import debug_services, local_debug_port
+from innerloop.debug.tools import tool_entries
 from innerloop.deploy.apply import DeployError, DownResult, apply_all, project_keys, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
 from innerloop.engine.api import project_lock, serve
@@ -75,7 +78,10 @@ class DevLoop:
         report: Report,
         print_log: Report = print,
         color: bool = True,
+        debug: Sequence[str] | None = None,
     ) -> None:
+        """``debug``: the services `innerloop debug` names (``[]``: every one whose language is known);
+        None for plain `up`, where only ``debug.enabled`` services run under their debugger."""
         self.config_path = config_path
         self.root = config_path.parent
         self.project: Project = load_config(config_path)
@@ -92,6 +98,8 @@ class DevLoop:
         self.tokens: dict[str, list[str]] = {}  # per service: this up's agent token, then kept earlier ones
         self.applied: dict[str, list[ServicePlan]] = {}  # per service: every plan this up applied
         self.forwards: list[tuple[str, PortConfig, PortForward]] = []
+        self.debugging = debug_services(self.project, self.root, debug)  # service -> its synced files
+        self.objects: dict[str, list[dict[str, Any]]] = {}
         self.sessions: dict[str, SyncSession] = {}  # per dev-mode service, while the loop runs
         self._redeploying: dict[str, asyncio.Lock] = {}  # one rebuild at a time per service
         self.store.actions["restart"] = self._restart_action
@@ -122,7 +130,7 @@ class DevLoop:
         if self.project.agent_image is not None:
             self.agent_tag = self.project.agent_image  # pre-mirrored: nothing to build or push
             return
-        if not any(s.sync for s in self.project.services.values()):
+        if not any(s.sync for s in self.project.services.values()) and not self.debugging:
             return  # only dev mode runs the agent
 
         assert self.agent_plan is not None, "deploy() plans the agent before building"
@@ -130,7 +138,7 @@ class DevLoop:
         plan = self.agent_plan
         try:
             self.report(plan.describe())
-            agent = build_agent(plan, paths=self.target.paths, report=self.report)
+            agent = build_agent(plan, paths=self.target.paths, report=self.report, tools=self._debug_tools())
         except AgentImageError as err:
             raise UpError(str(err)) from None
         self.agent_tag = self.target.deliver(agent)
@@ -152,12 +160,33 @@ class DevLoop:
         except PlanProblems as err:
             raise locate_problems(self.config_path, err.problems) from None
 
+    def _debug_tools(self) -> ToolEntries | None:
+        """The debug tools the debugging services' launches need (their images are built: commands known)."""
+        names = set()
+        for name in self.debugging:
+            plan = self._plan(name, copy.deepcopy(self.objects[name]), token="", built=self.built)
+            names |= set(plan.debug.tools if plan.debug is not None else ())
+        return functools.partial(tool_entries, sorted(names)) if names else None
+
     def _plan(
-        self, name: str, docs: list[dict[str, Any]], *, token: str, built: dict[str, BuiltImageInfo]
+        self,
+        name: str,
+        docs: list[dict[str, Any]],
+        *,
+        token: str,
+        built: dict[str, BuiltImageInfo],
+        debug: bool = True,
     ) -> ServicePlan:
         try:
             return plan_service(
-                project=self.project, name=name, docs=docs, built=built, agent_image=self.agent_tag, token=token
+                project=self.project,
+                name=name,
+                docs=docs,
+                built=built,
+                agent_image=self.agent_tag,
+                token=token,
+                # Before building, a command may be the image's (unknown): debug launches are planned after.
+                debugging=self.debugging if debug else None,
             )
         except PlanProblems as err:
             raise locate_problems(self.config_path, err.problems) from None
@@ -171,7 +200,7 @@ class DevLoop:
             if s.image is not None
         }
         return {
-            name: self._plan(name, copy.deepcopy(objects[name]), token="", built=unbuilt)
+            name: self._plan(name, copy.deepcopy(objects[name]), token="", built=unbuilt, debug=False)
             for name in self.project.services
         }
 
@@ -209,9 +238,9 @@ class DevLoop:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
         await ensure_namespace(client, self.namespace)
         # And how images reach it: a cluster with no way in says what would work before anything is built.
-        if any(s.image is not None or s.sync for s in self.project.services.values()):
+        if any(s.image is not None or s.sync for s in self.project.services.values()) or self.debugging:
             await self.target.images(registry=self.project.registry, report=self.report)
-        if self.project.agent_image is None and any(s.sync for s in self.project.services.values()):
+        if self.project.agent_image is None and (any(s.sync for s in self.project.services.values()) or self.debugging):
             # The nodes say their architectures; the agent is built for them (in build(), off the loop).
             self.agent_plan = await self.target.agent_plan(
                 registry=self.project.registry, base=self.project.agent_base, report=self.report
@@ -219,6 +248,7 @@ class DevLoop:
         # Then refuse what cannot work (the config against its manifests, a local port in use)
         # before building or deploying anything.
         objects = await asyncio.to_thread(self._objects)
+        self.objects = objects
         await self._listen(self.check(objects))
         await asyncio.to_thread(self.build)
         for wave in start_order(self.project):
@@ -293,9 +323,37 @@ class DevLoop:
                     tg.create_task(session.run(), name=f"sync-{name}")
                 tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
                 tg.create_task(self._redeploy_on_changes(name), name=f"redeploy-{name}")
+            await self._debug_forwards(tg)
             if ready is not None:
                 ready.set()
             self.report("watching for changes (Ctrl+C to stop)")
+
+    async def _debug_forwards(self, tg: asyncio.TaskGroup) -> None:
+        """A healing forward to each debugger (any running pod: a paused app is not Ready), and the editor's entry."""
+        attaches = []
+        for name, plan in self.plans.items():
+            if plan.debug is None:
+                continue
+            service = self.project.services[name]
+            forward = PortForward(
+                self.target.conn,
+                namespace=self.namespace,
+                selector=plan.selector,
+                remote_port=plan.debug.port,
+                local_port=local_debug_port(service, plan.debug.port),
+                on_event=functools.partial(self._forward_event, name),
+                ready_only=False,
+            )
+            try:
+                await forward.start()
+            except ForwardError as err:
+                problem = Problem(("services", name, "debug", "local"), f"cannot forward the debugger: {err}")
+                raise locate_problems(self.config_path, [problem]) from None
+            tg.create_task(forward.run(), name=f"debug-{name}-{forward.local_port}")
+            self.store.update(name, debug=f"{plan.debug.language} on 127.0.0.1:{forward.local_port}")
+            attaches.append(Attach(name, plan.debug, forward.local_port))
+        for line in await asyncio.to_thread(publish, self.root, attaches):
+            self.report(line)
 
     def _manifest_paths(self, name: str) -> list[Path]:
         m = self.project.services[name].manifests

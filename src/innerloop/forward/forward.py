@@ -146,6 +146,7 @@ class PortForward:
         retry_window_s: float = 10.0,
         on_event: Callable[[ForwardEvent], None] | None = None,
         sock: socket.socket | None = None,
+        ready_only: bool = True,
     ) -> None:
         if (selector is None) == (service is None):
             raise ValueError("give a pod label selector or a service name (exactly one)")
@@ -163,6 +164,7 @@ class PortForward:
         if sock is not None:
             self._address, self._requested_port = sock.getsockname()[:2]
         self._retry_window_s = retry_window_s
+        self._ready_only = ready_only  # False: any running pod (a debugger's port; see choose_pod)
         self._on_event = on_event
 
         self._server: asyncio.Server | None = None
@@ -341,7 +343,7 @@ class PortForward:
             if resolve_port(view, self._pod_port) is not None
             and (now is None or self._set_aside.get(view.name, 0.0) <= now)
         ]
-        name = choose_pod(candidates)
+        name = choose_pod(candidates, ready=self._ready_only)
         if name is None:
             return None
         port = resolve_port(self._pods[name], self._pod_port)

@@ -67,13 +67,15 @@ def pod_view(pod: Pod) -> PodView:
     )
 
 
-def choose_pod(pods: Iterable[PodView]) -> str | None:
+def choose_pod(pods: Iterable[PodView], *, ready: bool = True) -> str | None:
     """The pod a new connection should go to: Running, Ready, not deleting, newest; None if there is none.
 
     Ties on creation time (second resolution) go to the greater name, so the
-    choice is stable for the same set of pods.
+    choice is stable for the same set of pods. ``ready=False`` takes a pod
+    that is not Ready too: a debugger's port answers while the app, paused
+    at a breakpoint or waiting for the debugger, fails its readiness probe.
     """
-    eligible = [p for p in pods if p.eligible]
+    eligible = [p for p in pods if p.eligible or (not ready and p.phase == "Running" and not p.deleting)]
     if not eligible:
         return None
     newest = max(eligible, key=lambda p: (p.created.timestamp() if p.created else 0.0, p.name))

@@ -104,6 +104,7 @@ class AlertWatcher:
         self.probes: dict[str, dict[tuple[str, str], ProbeFailure]] = {}  # pod -> (container, probe) -> latest
         self.blame = SyncBlame()
         self.pending_exits: list[tuple[float, TimelineEvent]] = []
+        self.events_listed = False  # the Unhealthy events were read once (or refused)
 
     # -- raising and clearing (every alert goes through here, for the cross-service rule) --
 
@@ -138,7 +139,8 @@ class AlertWatcher:
             for alert in pod_alerts(
                 pod, service=name, now=now, probes=probes, last_lines=self._last_lines(name, pod_name)
             ):
-                holding[alert.key] = alert
+                if self.events_listed or not alert.key.endswith("/readiness"):
+                    holding[alert.key] = alert  # (not before the probe's own words are known)
         for key in sorted(svc.raised - holding.keys()):
             self._clear(key, "the pod is gone" if key.split("/")[2] not in svc.pods else "it runs again")
         for key, alert in holding.items():
@@ -251,6 +253,11 @@ class AlertWatcher:
 
     async def _watch_probes(self, client: AsyncClient) -> None:
         async for event in self._watch(client, Event, fields={"reason": "Unhealthy"}, what="events"):
+            if event is None:  # listed (or refused): readiness alerts may now be raised, with the probe's words
+                self.events_listed = True
+                for name in self.services:
+                    self.judge(name)
+                continue
             failure = probe_failure(event)
             pod = str((event.get("involvedObject") or {}).get("name") or "")
             if failure is None or not pod:
@@ -266,6 +273,8 @@ class AlertWatcher:
     async def _watch_rollouts(self, client: AsyncClient) -> None:
         by_workload = {s.spec.workload_name: s for s in self.services.values() if s.spec.workload_kind == "Deployment"}
         async for workload in self._watch(client, Deployment, what="deployments"):
+            if workload is None:
+                continue
             svc = by_workload.get(str((workload.get("metadata") or {}).get("name")))
             if svc is not None:
                 svc.rollout = {**workload, "kind": "Deployment"}
@@ -278,13 +287,21 @@ class AlertWatcher:
         *,
         what: str,
         fields: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Objects of the namespace as they are added or change (JSON); re-watched after an error; a 403 ends it."""
+    ) -> AsyncIterator[dict[str, Any] | None]:
+        """The namespace's objects (JSON): listed, then None, then changes; listed again after an error.
+
+        A refusal (401, 403) is said once and ends it (after a None: nothing more will come).
+        """
         delay = 0.1
+        selected: dict[str, Any] | None = dict(fields) if fields else None
         while True:
             try:
+                listing = client.list(res, namespace=self.namespace, fields=selected)
+                async for obj in listing:
+                    yield obj.to_dict()
+                yield None
                 async for kind, obj in client.watch(
-                    res, namespace=self.namespace, fields=dict(fields) if fields else None
+                    res, namespace=self.namespace, fields=selected, resource_version=listing.resourceVersion
                 ):
                     delay = 0.1
                     if kind != "DELETED":
@@ -296,6 +313,7 @@ class AlertWatcher:
                         f"alerts from {what} are off: grant get, list, watch on {what} "
                         "(docs/rbac/innerloop-developer.yaml)"
                     )
+                    yield None
                     return
             except Exception:  # a dropped watch heals by watching again, as k8s/watching.py does
                 pass

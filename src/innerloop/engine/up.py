@@ -23,9 +23,14 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
+from innerloop.alerts.terminal import attach as attach_alerts
+from innerloop.alerts.watcher import AlertWatcher, wait_unless_stuck, watched_services
 from innerloop.builders.agent_image import AgentImageError, AgentPlan, ToolEntries, build_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
+from innerloop.dashboard import Listen
+from innerloop.dashboard import listen as dashboard_listen
+from innerloop.dashboard import serve as serve_dashboard
 from innerloop.debug.editor import Attach, publish
 from innerloop.debug.services import debug_services, local_debug_port
 from innerloop.debug.tools import tool_entries
@@ -79,6 +84,7 @@ class DevLoop:
         print_log: Report = print,
         color: bool = True,
         debug: Sequence[str] | None = None,
+        dashboard: Listen | None = None,
     ) -> None:
         """``debug``: the services `innerloop debug` names (``[]``: every one whose language is known);
         None for plain `up`, where only ``debug.enabled`` services run under their debugger."""
@@ -98,6 +104,7 @@ class DevLoop:
         self.tokens: dict[str, list[str]] = {}  # per service: this up's agent token, then kept earlier ones
         self.applied: dict[str, list[ServicePlan]] = {}  # per service: every plan this up applied
         self.forwards: list[tuple[str, PortConfig, PortForward]] = []
+        self.dashboard = dashboard  # None: no dashboard (--no-dashboard)
         self.debugging = debug_services(self.project, self.root, debug)  # service -> its synced files
         self.objects: dict[str, list[dict[str, Any]]] = {}
         self.sessions: dict[str, SyncSession] = {}  # per dev-mode service, while the loop runs
@@ -222,17 +229,26 @@ class DevLoop:
             name, "deployed", f"applied {len(plan.docs)} objects" + (" in dev mode" if plan.dev_mode else "")
         )
 
-    async def _wait_ready(self, client: AsyncClient, name: str) -> None:
+    async def _wait_ready(self, client: AsyncClient, name: str) -> bool:
         plan = self.plans[name]
         if plan.ready_wait:
-            await wait_rollout(
+            rollout = wait_rollout(
                 client,
                 namespace=self.namespace,
                 kind=plan.workload_kind,
                 name=plan.workload_name,
                 on_progress=functools.partial(self._progress, name),
             )
+            # A missing image or an unschedulable pod never heals while we wait: an alert, not a hang.
+            stuck = await wait_unless_stuck(
+                rollout, client=client, namespace=self.namespace, selector=plan.selector, service=name
+            )
+            if stuck is not None:
+                self.store.update(name, phase="error", message=stuck.cause)
+                self.report(f"{name}: not ready, going on: {stuck.cause}")
+                return False
         self.store.update(name, phase="running")
+        return True
 
     async def deploy(self, client: AsyncClient) -> None:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
@@ -255,14 +271,19 @@ class DevLoop:
             for name in wave:
                 await self._apply_service(client, name, objects[name])
             for name in wave:
-                await self._wait_ready(client, name)
-                self.report(f"{name}: ready")
+                if await self._wait_ready(client, name):
+                    self.report(f"{name}: ready")
 
     # -- the loop ---------------------------------------------------------------
 
     async def run(self, *, ready: asyncio.Event | None = None) -> None:
         with project_lock(self.root):
-            await self._run(ready)
+            # From the start (building and deploying show too); its port bound first, so a taken one fails at once.
+            sock = dashboard_listen(self.dashboard) if self.dashboard is not None else None
+            async with serve_dashboard(self.store, sock) as page:
+                if page is not None:
+                    self.report(f"dashboard: {page.url}")
+                await self._run(ready)
 
     async def _listen(self, plans: dict[str, ServicePlan]) -> None:
         """Bind every forwarded local port now, so a port in use stops `up` before it deploys."""
@@ -299,6 +320,7 @@ class DevLoop:
         finally:
             await client.close()
         async with serve(self.store, self.root), asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_alerts(), name="alerts")
             for name, port, forward in self.forwards:
                 where = f"{port.address}:{forward.local_port} -> {port.remote}"
                 tg.create_task(forward.run(), name=f"forward-{name}-{forward.local_port}")
@@ -327,6 +349,18 @@ class DevLoop:
             if ready is not None:
                 ready.set()
             self.report("watching for changes (Ctrl+C to stop)")
+
+    async def _watch_alerts(self) -> None:
+        """Alerts raised and cleared in the store, printed apart from the logs (and on the desktop)."""
+        desktop = attach_alerts(self.store, echo=self.print_log, color=self.color)
+        services = watched_services(self.project, self.plans)
+        try:
+            await AlertWatcher(
+                conn=self.target.conn, namespace=self.namespace, store=self.store, services=services, report=self.report
+            ).run()
+        finally:
+            if desktop is not None:
+                desktop.close()
 
     async def _debug_forwards(self, tg: asyncio.TaskGroup) -> None:
         """A healing forward to each debugger (any running pod: a paused app is not Ready), and the editor's entry."""

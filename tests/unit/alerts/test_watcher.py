@@ -119,6 +119,9 @@ def test_readiness_alert_raised_with_time_and_cleared_when_ready() -> None:
     pod = _pod("pod-notready.json")
     started = parse_time(pod["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]) or 0
     watcher.services["payments"].pods = {"notready": pod}
+    watcher.judge("payments", now=started + 30)
+    assert _active(store) == []  # not before the Events were read: the alert would lack the probe's words
+    watcher.events_listed = True
     watcher.judge("payments", now=started + 2)
     assert _active(store) == []
     watcher.judge("payments", now=started + 30)

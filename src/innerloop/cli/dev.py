@@ -18,6 +18,7 @@ from innerloop.cli.output import explain_error, report
 from innerloop.cli.stopping import run_until_signal
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
+from innerloop.dashboard import DEFAULT_PORT, DashboardError, Listen
 from innerloop.delivery import DeliveryError
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
@@ -44,6 +45,7 @@ USER_ERRORS = (
     WatchError,
     ForwardError,
     DeliveryError,
+    DashboardError,
 )
 
 
@@ -80,10 +82,27 @@ def _doing(loop: DevLoop) -> str:
 @click.option("--no-color", is_flag=True, help="Plain log prefixes.")
 @default_repo_option
 @insecure_registry_option
-def up(
-    config_file: str | None, namespace: str | None, no_color: bool, default_repo: str | None, insecure_registry: bool
+@click.option(
+    "--dashboard-port",
+    type=click.IntRange(0, 65535),
+    help=f"The web dashboard's port on 127.0.0.1 (default {DEFAULT_PORT}, or the next free one; 0: any free port).",
+)
+@click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard.")
+def up(  # noqa: PLR0917 - click passes options positionally
+    config_file: str | None,
+    namespace: str | None,
+    no_color: bool,
+    default_repo: str | None,
+    insecure_registry: bool,
+    dashboard_port: int | None,
+    no_dashboard: bool,
 ) -> None:
-    """Build, deploy and develop: sync edits into running containers, forward ports, follow logs."""
+    """Build, deploy and develop: sync edits into running containers, forward ports, follow logs.
+
+    The web dashboard (services, logs, timeline, alerts, actions) is served on 127.0.0.1: open the
+    `dashboard:` URL it prints."""
+    if no_dashboard and dashboard_port is not None:
+        raise click.UsageError("--dashboard-port and --no-dashboard contradict each other: choose one")
     try:
         path = _config(config_file)
         loop = DevLoop(
@@ -93,6 +112,7 @@ def up(
             report=report,
             color=not no_color and sys.stdout.isatty(),
             print_log=click.echo,
+            dashboard=None if no_dashboard else Listen(port=dashboard_port),
         )
         run_until_signal(lambda _stopping: loop.run(), what=functools.partial(_doing, loop))
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -1,3 +1,4 @@
+import { memo } from "preact/compat";
 import { useEffect, useLayoutEffect, useMemo, useRef, useState } from "preact/hooks";
 import { ago, clock, forwardLink, kindTone, ms, phaseTone, replicaTone, serviceHue, shortPod } from "./format";
 import { type LogLine, Model } from "./model";
@@ -10,7 +11,7 @@ interface Toast {
   bad: boolean;
 }
 
-const SHOWN_LOGS = 1500; // of the lines that match: the DOM stays light while the model keeps more
+const SHOWN_LOGS = 1000; // of the lines that match: the DOM stays light while the model keeps more
 const SHOWN_EVENTS = 300;
 
 function useDashboard(): { model: Model; version: number; link: Link } {
@@ -130,8 +131,8 @@ export function App() {
           </div>
         </section>
         <div class="split">
-          <Logs model={model} version={version} services={services} focus={focus} setFocus={setFocus} />
-          <Timeline events={model.timeline} focus={focus} version={version} />
+          <Logs model={model} version={model.logsVersion} names={services.map((s) => s.name).join("\n")} focus={focus} setFocus={setFocus} />
+          <Timeline events={model.timeline} focus={focus} version={model.timelineVersion} />
         </div>
       </main>
       <div class="toasts" role="status">
@@ -317,7 +318,7 @@ function ServiceRow({ service: s, model, now, focused, onFocus, act, busy }: Row
         {save && (
           <div class="last-save small" data-role="last-save">
             <span class="muted">last save {ago(save.at, now)}:</span>{" "}
-            {save.kinds.length === 0 ? <span class="muted">…</span> : save.kinds.map((e) => <span key={e.seq} class={`kind ${kindTone(e.kind)}`}>{e.kind}</span>)}
+            {save.kinds.length === 0 ? <span class="muted">…</span> : save.kinds.map((e) => <span key={e.seq} class={`kind ${kindTone(e.kind, e.exit_code)}`}>{e.kind}</span>)}
           </div>
         )}
       </div>
@@ -354,13 +355,13 @@ function ServiceRow({ service: s, model, now, focused, onFocus, act, busy }: Row
 
 interface LogsProps {
   model: Model;
-  version: number;
-  services: Service[];
+  version: number; // the model's logsVersion: redrawn when lines came, not on every status change
+  names: string; // the services, one per line (a string, so an unchanged list compares equal)
   focus: string | null;
   setFocus: (s: string | null) => void;
 }
 
-function Logs({ model, version, services, focus, setFocus }: LogsProps) {
+const Logs = memo(function Logs({ model, version, names, focus, setFocus }: LogsProps) {
   const [query, setQuery] = useState("");
   const [follow, setFollow] = useState(true);
   const box = useRef<HTMLDivElement>(null);
@@ -385,9 +386,9 @@ function Logs({ model, version, services, focus, setFocus }: LogsProps) {
         <h2>Logs</h2>
         <select value={focus ?? ""} onChange={(e) => setFocus((e.currentTarget as HTMLSelectElement).value || null)} aria-label="service">
           <option value="">all services</option>
-          {services.map((s) => (
-            <option key={s.name} value={s.name}>
-              {s.name}
+          {names.split("\n").filter(Boolean).map((name) => (
+            <option key={name} value={name}>
+              {name}
             </option>
           ))}
         </select>
@@ -407,9 +408,9 @@ function Logs({ model, version, services, focus, setFocus }: LogsProps) {
       </div>
     </section>
   );
-}
+});
 
-function LogRow({ line, multi }: { line: LogLine; multi: boolean }) {
+const LogRow = memo(function LogRow({ line, multi }: { line: LogLine; multi: boolean }) {
   return (
     <div class="log-line" data-service={line.service}>
       <span class="log-time">{clock(line.at)}</span>
@@ -424,9 +425,17 @@ function LogRow({ line, multi }: { line: LogLine; multi: boolean }) {
       <span class="log-text" dangerouslySetInnerHTML={{ __html: line.html }} />
     </div>
   );
-}
+});
 
-function Timeline({ events, focus, version }: { events: TimelineEvent[]; focus: string | null; version: number }) {
+const Timeline = memo(function Timeline({
+  events,
+  focus,
+  version,
+}: {
+  events: TimelineEvent[];
+  focus: string | null;
+  version: number;
+}) {
   const shown = useMemo(
     () => events.filter((e) => focus === null || e.service === focus).slice(-SHOWN_EVENTS).reverse(),
     [version, focus, events],
@@ -442,7 +451,7 @@ function Timeline({ events, focus, version }: { events: TimelineEvent[]; focus: 
         {shown.map((e) => (
           <li key={e.seq} class="event" data-kind={e.kind} data-service={e.service}>
             <span class="log-time">{clock(e.at)}</span>
-            <span class={`kind ${kindTone(e.kind)}`}>{e.kind}</span>
+            <span class={`kind ${kindTone(e.kind, e.exit_code)}`}>{e.kind}</span>
             <span class="svc small" style={{ "--hue": serviceHue(e.service) }}>
               {e.service}
             </span>
@@ -456,4 +465,4 @@ function Timeline({ events, focus, version }: { events: TimelineEvent[]; focus: 
       </ol>
     </section>
   );
-}
+});

@@ -61,7 +61,7 @@ export function replicaTone(state: string): Tone {
   return "idle";
 }
 
-export function kindTone(kind: string): Tone {
+export function kindTone(kind: string, exitCode: number | null = null): Tone {
   switch (kind) {
     case "synced":
     case "deployed":
@@ -69,12 +69,16 @@ export function kindTone(kind: string): Tone {
       return "ok";
     case "save":
     case "restarted":
+    case "started":
     case "built":
+    case "resumed":
       return "info";
     case "alert":
     case "crashed":
       return "bad";
     case "exited":
+      return exitCode === 0 ? "warn" : "bad";
+    case "paused":
       return "warn";
     default:
       return "idle";

@@ -23,6 +23,8 @@ export class Model {
   actions: string[] = [];
   logs: LogLine[] = [];
   timeline: TimelineEvent[] = []; // oldest first
+  logsVersion = 0; // counts changes of logs (and timeline): their views redraw only when theirs changed
+  timelineVersion = 0;
   private nextLine = 0;
   private ansi = new Map<string, AnsiUp>(); // one per pod: a colour left open carries to its next line
 
@@ -40,6 +42,8 @@ export class Model {
         this.ansi.clear();
         for (const entry of s.logs.slice(-MAX_LOGS)) this.addLog(entry);
         this.timeline = s.timeline.slice(-MAX_TIMELINE);
+        this.logsVersion++;
+        this.timelineVersion++;
         break;
       }
       case "status":
@@ -48,11 +52,13 @@ export class Model {
       case "log":
         this.addLog(message.data);
         if (this.logs.length > MAX_LOGS) this.logs.splice(0, this.logs.length - MAX_LOGS);
+        this.logsVersion++;
         break;
       case "event":
         // The feed's seq is the event's own (the record's copy was published before it was numbered).
         this.timeline.push({ ...message.data, seq: message.seq });
         if (this.timeline.length > MAX_TIMELINE) this.timeline.splice(0, this.timeline.length - MAX_TIMELINE);
+        this.timelineVersion++;
         break;
       case "alert": {
         const alert = message.data;

@@ -22,12 +22,14 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import urllib.request
 from pathlib import Path
 
 import json5
+import yaml
 
 from .bookshop import copy_bookshop
 from .dap import DapClient, attach_tree
@@ -155,3 +157,34 @@ def test_python_breakpoint_through_debug(kube: Kube, namespace: str, innerloop_c
         eventually(lambda: "livenessProbe" in _container(kube, namespace), timeout_s=60)
     finally:
         _stop(proc)
+
+
+def test_a_debug_local_port_in_use_stops_debug_before_it_deploys(
+    kube: Kube, namespace: str, innerloop_cli: list[str], tmp_path: Path
+) -> None:
+    app, _ = copy_bookshop(tmp_path / "bookshop", only=["backend"])
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        config = yaml.safe_load((app / "innerloop.yaml").read_text())
+        config["services"]["backend"]["debug"] = {"local": port}
+        (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        done = subprocess.run(
+            [*innerloop_cli, "debug", "backend", "-n", namespace],
+            cwd=app,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            env={**os.environ, **BUILD_ENV},
+        )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    [line] = [e for e in done.stderr.splitlines() if e.startswith("error:")]
+    row = (app / "innerloop.yaml").read_text().splitlines().index(f"      local: {port}") + 1
+    assert f"innerloop.yaml:{row}:" in line and ": services.backend.debug.local: " in line, line
+    assert f"the debugger's local port {port} on 127.0.0.1 is in use by " in line, line
+    assert f"(pid {os.getpid()}" in line, line  # this test holds it
+    # Nothing was deployed: no workload, no token or restore Secret.
+    assert kube.get_json("deployments,secrets", "-n", namespace)["items"] == []

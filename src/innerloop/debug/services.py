@@ -8,13 +8,15 @@ adds a service to plain ``innerloop up`` too.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
 
 from innerloop.config import Project, Service
-from innerloop.debug.languages import DebugError, language_of_files
+from innerloop.debug.languages import LOOPBACK, DebugError, language_of_files
+from innerloop.forward.local_port import port_holder
 
 _SKIPPED_DIRS = {".git", "node_modules", "__pycache__", ".venv", "venv", ".innerloop", "target", "dist", "build"}
 _MAX_FILES = 5000  # enough to tell a language; a huge tree is not walked to the end
@@ -72,6 +74,24 @@ def port_is_free(port: int, address: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def bind_debug_port(port: int) -> socket.socket:
+    """A listening socket on ``127.0.0.1:port`` (``debug.local``), held from before the deploy to the forward."""
+    return socket.create_server((LOOPBACK, port))
+
+
+def debug_port_in_use(port: int, err: OSError) -> str:
+    """The one line `up` and `debug` print when ``debug.local`` cannot be bound."""
+    if err.errno == errno.EADDRINUSE:
+        holder = port_holder(port)
+        by = f" by {holder}" if holder else ""
+        return (
+            f"the debugger's local port {port} on {LOOPBACK} is in use{by}: stop it, or set debug.local "
+            "to another port (leave it out and innerloop picks a free one)"
+        )
+    why = err.strerror or err
+    return f"cannot listen on {LOOPBACK}:{port} for the debugger: {why} (set debug.local to another port)"
 
 
 def local_debug_port(service: Service, container_port: int) -> int:

@@ -13,6 +13,7 @@ import asyncio
 import copy
 import dataclasses
 import functools
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +33,7 @@ from innerloop.dashboard import Listen
 from innerloop.dashboard import listen as dashboard_listen
 from innerloop.dashboard import serve as serve_dashboard
 from innerloop.debug.editor import Attach, publish
-from innerloop.debug.services import debug_services, local_debug_port
+from innerloop.debug.services import bind_debug_port, debug_port_in_use, debug_services, local_debug_port
 from innerloop.debug.tools import tool_entries
 from innerloop.deploy.apply import DeployError, DownResult, apply_all, project_keys, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
@@ -104,6 +105,7 @@ class DevLoop:
         self.tokens: dict[str, list[str]] = {}  # per service: this up's agent token, then kept earlier ones
         self.applied: dict[str, list[ServicePlan]] = {}  # per service: every plan this up applied
         self.forwards: list[tuple[str, PortConfig, PortForward]] = []
+        self.debug_sockets: dict[str, socket.socket] = {}  # per service: its debug.local, bound before deploying
         self.dashboard = dashboard  # None: no dashboard (--no-dashboard)
         self.debugging = debug_services(self.project, self.root, debug)  # service -> its synced files
         self.objects: dict[str, list[dict[str, Any]]] = {}
@@ -306,6 +308,14 @@ class DevLoop:
                     problems.append(Problem(("services", name, "ports", i, field), port_in_use(port, err)))
                     continue
                 self.forwards.append((name, port, forward))
+        for name in self.debugging:
+            local = self.project.services[name].debug.local
+            if local is None:
+                continue  # the container's debug port if it is free here, else any: chosen when forwarding
+            try:
+                self.debug_sockets[name] = bind_debug_port(local)
+            except OSError as err:
+                problems.append(Problem(("services", name, "debug", "local"), debug_port_in_use(local, err)))
         if problems:
             raise locate_problems(self.config_path, problems)  # _run gives the bound ports back
 
@@ -316,6 +326,8 @@ class DevLoop:
         except BaseException:
             for _, _, forward in self.forwards:
                 forward.close()
+            for sock in self.debug_sockets.values():
+                sock.close()
             raise
         finally:
             await client.close()
@@ -369,18 +381,22 @@ class DevLoop:
             if plan.debug is None:
                 continue
             service = self.project.services[name]
+            sock = self.debug_sockets.pop(name, None)  # debug.local, bound since _listen
             forward = PortForward(
                 self.target.conn,
                 namespace=self.namespace,
                 selector=plan.selector,
                 remote_port=plan.debug.port,
-                local_port=local_debug_port(service, plan.debug.port),
+                local_port=0 if sock is not None else local_debug_port(service, plan.debug.port),
                 on_event=functools.partial(self._forward_event, name),
                 ready_only=False,
+                sock=sock,
             )
             try:
                 await forward.start()
             except ForwardError as err:
+                for held in self.debug_sockets.values():
+                    held.close()
                 problem = Problem(("services", name, "debug", "local"), f"cannot forward the debugger: {err}")
                 raise locate_problems(self.config_path, [problem]) from None
             tg.create_task(forward.run(), name=f"debug-{name}-{forward.local_port}")

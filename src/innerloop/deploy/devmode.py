@@ -19,6 +19,10 @@ Nothing is rebuilt and nothing needs a shell or tar in the image:
   debugs: a process paused at a breakpoint must not be killed. Readiness
   stays, so a paused pod only leaves its Service's endpoints. The next plain
   `up` (or `down`) applies the manifest's workload again, probes included.
+  What the launch replaced (the original command, the app's own entries of
+  the variables it sets) is kept in the container's ``INNERLOOP_DEBUG_ORIGINAL``
+  (in the pod spec, which nobody can change on a running pod), so
+  :func:`app_pod` gives a local command the app's context, not the debugger's.
 
 Every added container passes the *restricted* Pod Security Standard.
 """
@@ -26,6 +30,7 @@ Every added container passes the *restricted* Pod Security Standard.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +69,8 @@ class DebugPatch:
 # Options variables that a debug launch adds to rather than replaces (the manifest may set its own).
 _JOINED_ENV = ("JAVA_TOOL_OPTIONS", "NODE_OPTIONS", "JDK_JAVA_OPTIONS")
 DEBUG_DROPPED_PROBES = ("livenessProbe", "startupProbe")
+# JSON {"command": the original command, "set": the names the launch set, "env": the app's own entries of them}.
+DEBUG_ORIGINAL_ENV = "INNERLOOP_DEBUG_ORIGINAL"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,14 +85,49 @@ class DevMode:
     debug: DebugPatch | None = None
 
 
-def _debug_env(existing: Sequence[Mapping[str, Any]], debug: DebugPatch) -> dict[str, str]:
-    """The debug launch's variables; an options variable the container already sets keeps its value after ours."""
-    out = dict(debug.env)
-    for entry in existing:
-        name = entry.get("name")
-        if name in out and name in _JOINED_ENV and isinstance(entry.get("value"), str) and entry["value"]:
-            out[name] = f"{out[name]} {entry['value']}"
-    return out
+def _debug_env(env: Sequence[Mapping[str, Any]], debug: DebugPatch, *, original: Sequence[str]) -> list[dict[str, Any]]:
+    """The app's env with the debug launch's variables and the record of what they replaced.
+
+    An options variable the app already sets keeps its value after ours
+    (``NODE_OPTIONS="--inspect=... --max-old-space-size=100"``); any other
+    entry of a name the launch sets is replaced, and kept in the record.
+    """
+    values = dict(debug.env)
+    replaced = [dict(e) for e in env if e.get("name") in values]
+    for entry in replaced:
+        name, value = entry["name"], entry.get("value")
+        if name in _JOINED_ENV and isinstance(value, str) and value:
+            values[name] = f"{values[name]} {value}"
+    record = {"command": list(original), "set": sorted(values), "env": replaced}
+    return [
+        *(dict(e) for e in env if e.get("name") not in values),
+        *({"name": k, "value": v} for k, v in values.items()),
+        {"name": DEBUG_ORIGINAL_ENV, "value": json.dumps(record, separators=(",", ":"))},
+    ]
+
+
+def _without_debug(container: dict[str, Any]) -> None:
+    """Take a debug launch out of an app container (its command already the agent's child): see :func:`_debug_env`."""
+    env = list(container.get("env") or [])
+    entry = next((e for e in env if e.get("name") == DEBUG_ORIGINAL_ENV), None)
+    if entry is None:
+        return
+    try:
+        record = json.loads(str(entry.get("value")))
+        command, names, replaced = record["command"], record["set"], record["env"]
+        valid = (
+            all(isinstance(part, list) for part in (command, names, replaced))
+            and all(isinstance(a, str) for a in command)
+            and all(isinstance(n, str) for n in names)
+            and all(isinstance(e, dict) and e.get("name") in names for e in replaced)
+        )
+    except (ValueError, KeyError, TypeError):
+        valid = False
+    if not valid:  # not innerloop's record: only the record itself goes
+        container["env"] = [e for e in env if e is not entry]
+        return
+    container["command"] = list(command)
+    container["env"] = [e for e in env if e.get("name") not in names and e is not entry] + list(replaced)
 
 
 def _restricted(existing: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -189,15 +231,13 @@ def apply_dev_mode(workload: Mapping[str, Any], dev: DevMode) -> dict[str, Any]:
         *(dev.debug.command if dev.debug is not None else dev.command),
     ]
     app.pop("args", None)
-    added = dict(dev.env)
+    # The app's env as plain dev mode gives it (innerloop.yaml's env over the manifest's), then the debugger's.
+    env = [e for e in app.get("env") or [] if e.get("name") not in dev.env]
+    env += [{"name": k, "value": v} for k, v in dev.env.items()]
     if dev.debug is not None:
-        added.update(
-            _debug_env([*(app.get("env") or []), *({"name": k, "value": v} for k, v in dev.env.items())], dev.debug)
-        )
+        env = _debug_env(env, dev.debug, original=dev.command)
         for probe in DEBUG_DROPPED_PROBES:
             app.pop(probe, None)
-    env = [e for e in app.get("env") or [] if e.get("name") not in added]
-    env += [{"name": k, "value": v} for k, v in added.items()]
     env += [{"name": k, "value": v} for k, v in runtime_env(MOUNT_ROOT).items()]
     app["env"] = env
 
@@ -226,6 +266,12 @@ def app_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
     names above, and gives back the original command (the agent's argv after
     ``--``). A pod without the annotation is returned unchanged. ``env`` from
     innerloop.yaml stays: it is the app's configuration, not innerloop's.
+
+    A debugging pod also gives back the command the debug launch replaced
+    and the app's own values of the variables it set (``NODE_OPTIONS``,
+    ``JAVA_TOOL_OPTIONS``, ``PYDEVD_*``...): a local command must not start
+    a second debugger, or wait for one. Its dropped probes are not put back
+    (a local command has none).
     """
     doc = copy.deepcopy(dict(pod))
     meta = doc.get("metadata") or {}
@@ -249,6 +295,7 @@ def app_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
                         del env[i]
                         break
             container["env"] = env
+            _without_debug(container)
     if "volumes" in spec:
         spec["volumes"] = [v for v in spec["volumes"] if not _ours(str(v.get("name")))]
     if "initContainers" in spec:

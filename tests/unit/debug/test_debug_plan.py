@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from innerloop.config import parse_config
+from innerloop.connect.context import command_environment, container_context
 from innerloop.debug.python import DEBUGPY
-from innerloop.deploy.devmode import check_agent_pod
+from innerloop.deploy.devmode import DEBUG_ORIGINAL_ENV, app_pod, check_agent_pod
 from innerloop.engine.plan import BuiltImageInfo, PlanProblems, ServicePlan, plan_service
 
 CONFIG = """\
@@ -25,6 +26,9 @@ services:
     debug: {wait: true, port: 5006}
   blob:
     manifests: {files: [k8s/blob.yaml]}
+  web:
+    manifests: {files: [k8s/web.yaml]}
+    env: {NODE_OPTIONS: --max-old-space-size=100}
 """
 PROBE = {"httpGet": {"path": "/healthz", "port": 8080}}
 
@@ -135,3 +139,72 @@ def test_a_command_the_debugger_cannot_run_points_at_debug() -> None:
     [problem] = caught.value.problems
     assert problem.path == ("services", "blob", "debug")
     assert "node SCRIPT" in problem.message
+
+
+def as_pod(plan: ServicePlan) -> dict[str, Any]:
+    """The pod the planned Deployment makes, as the API server returns it."""
+    [doc] = [d for d in plan.docs if d["kind"] == "Deployment"]
+    template = copy.deepcopy(doc["spec"]["template"])
+    return {"metadata": {"name": "pod-1", **template["metadata"]}, "spec": template["spec"]}
+
+
+def local_env(pod: dict[str, Any]) -> dict[str, str]:
+    """What `innerloop run` / `intercept -- CMD` give a local command on an empty machine environment."""
+    context = container_context(app_pod(pod), None, configmaps={}, secrets={}, services=[])
+    return command_environment({}, context.env).env
+
+
+@pytest.mark.parametrize(
+    ("name", "container", "original", "own"),
+    [
+        # Python under debugpy: command replaced, PYDEVD_* and PYTHONDONTWRITEBYTECODE added.
+        ("api", {"env": [{"name": "GREETING", "value": "hi"}]}, ["/usr/bin/python3", "/app/app.py"], {}),
+        # Node: --inspect on node's argv; innerloop.yaml's own NODE_OPTIONS is the app's.
+        (
+            "web",
+            {"command": ["node", "src/server.js"]},
+            ["node", "src/server.js"],
+            {"NODE_OPTIONS": "--max-old-space-size=100"},
+        ),
+        # The JVM: same command, jdwp joined in front of the manifest's JAVA_TOOL_OPTIONS.
+        (
+            "jvm",
+            {"command": ["java", "-jar", "/app.jar"], "env": [{"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx1g"}]},
+            ["java", "-jar", "/app.jar"],
+            {"JAVA_TOOL_OPTIONS": "-Xmx1g"},
+        ),
+    ],
+)
+def test_a_local_command_gets_the_apps_context_not_the_debuggers(
+    name: str, container: dict[str, Any], original: list[str], own: dict[str, str]
+) -> None:
+    debugged = as_pod(plan(name, workload(name, **container), files=("src/x.java",) if name == "jvm" else ()))
+    plain = as_pod(plan(name, workload(name, **container), debug=False))
+    [app] = debugged["spec"]["containers"]
+    assert app["command"][app["command"].index("--") + 1 :] != original or name == "jvm"  # the launch ran
+    assert any(e["name"] == DEBUG_ORIGINAL_ENV for e in app["env"])
+
+    [restored] = app_pod(debugged)["spec"]["containers"]
+    assert restored["command"] == original
+    assert restored["env"] == app_pod(plain)["spec"]["containers"][0]["env"]  # as without debugging
+    values = {e["name"]: e.get("value") for e in restored["env"]}
+    for variable, value in own.items():
+        assert values[variable] == value
+    assert not {"PYDEVD_USE_CYTHON", "PYTHONDONTWRITEBYTECODE", DEBUG_ORIGINAL_ENV} & set(values)
+    assert "jdwp" not in str(values) and "--inspect" not in str(restored)
+
+    env = local_env(debugged)
+    assert not [k for k in env if k.startswith("PYDEVD_") or k == DEBUG_ORIGINAL_ENV], env
+    assert "jdwp" not in str(env) and "inspect" not in str(env)
+    assert env == local_env(plain)
+
+
+def test_a_malformed_debug_record_restores_nothing_and_goes() -> None:
+    pod = as_pod(plan("api", workload("api")))
+    [app] = pod["spec"]["containers"]
+    for entry in app["env"]:
+        if entry["name"] == DEBUG_ORIGINAL_ENV:
+            entry["value"] = '{"command": "rm -rf /", "set": ["GREETING"], "env": []}'
+    [restored] = app_pod(pod)["spec"]["containers"]
+    assert DEBUG_ORIGINAL_ENV not in {e["name"] for e in restored["env"]}
+    assert DEBUGPY in restored["command"]  # as it runs: a record innerloop did not write restores nothing

@@ -15,7 +15,8 @@ five services' RUN steps, the builder environment `make` exports. Run:
     .venv/bin/python bench/dashboard_bench.py [--saves 20] [--services api|all] [--screenshot docs/dashboard.png]
 
 Prints median / p90 / min / max in ms and one JSON line. ``--screenshot`` saves the page after the
-rounds (with a request through each service first, so every row has log lines).
+rounds: a request through each service first, so every row has log lines, then a save that makes
+api crash at start, so the picture shows its alert.
 """
 
 from __future__ import annotations
@@ -145,9 +146,14 @@ def main() -> None:
                     store_ms.append(synced * 1000 - saved * 1000)
                     time.sleep(0.6)  # the restarted app is up before the next save
                 if args.screenshot:
+                    # Every row with log lines, then a save that breaks api: the picture shows its alert.
                     for name, port in ports.items():
                         _touch(port, "/api.json" if name == "frontend" else "/")
-                    time.sleep(1.5)
+                    broken = '    raise RuntimeError("PRICES is not defined for the new catalogue")\n'
+                    source.write_text(original.replace(STARTUP, broken + STARTUP))
+                    page.locator('.alert[data-alert-service="api"]').first.wait_for(timeout=60_000)
+                    _touch(ports[only[0]], "/api.json" if only[0] == "frontend" else "/")
+                    time.sleep(2)
                     page.screenshot(path=str(args.screenshot), full_page=True)
                 browser.close()
     finally:

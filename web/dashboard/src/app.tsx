@@ -181,11 +181,18 @@ function Alerts({ active, cleared, now }: { active: Alert[]; cleared: Alert[]; n
   );
 }
 
+// "oom-killed" -> "OOM killed", "app-error" -> "App error": the kind as a heading.
+function kindLabel(kind: string): string {
+  const words = kind.split("-").map((w) => (w === "oom" ? "OOM" : w));
+  const text = words.join(" ");
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 function AlertCard({ alert, now }: { alert: Alert; now: number }) {
   return (
     <article class={`alert ${alert.active ? "" : "gone"}`} data-alert-kind={alert.kind} data-alert-service={alert.service}>
       <div class="alert-head">
-        <span class="alert-kind">{alert.kind}</span>
+        <span class="alert-kind">{kindLabel(alert.kind)}</span>
         <span class="svc" style={{ "--hue": serviceHue(alert.service) }}>
           {alert.service}
         </span>

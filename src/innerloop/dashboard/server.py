@@ -100,7 +100,7 @@ def listen(where: Listen) -> socket.socket:
         sock = _try_bind(where.port)
         if sock is None:
             holder = port_holder(where.port)
-            by = f" by {holder}" if holder else ""
+            by = f" by {' '.join(holder.split())}" if holder else ""  # one line, whatever its command line holds
             raise DashboardError(
                 f"dashboard port {where.port} on 127.0.0.1 is in use{by}: choose another with "
                 "--dashboard-port (0 picks a free one), or --no-dashboard"

@@ -41,6 +41,7 @@ from elftools.common.exceptions import ELFError
 from elftools.dwarf.lineprogram import LineProgram
 from elftools.elf.elffile import ELFFile
 
+from innerloop.builders.image import read_config
 from innerloop.cluster.paths import ClusterPaths
 from innerloop.debug.languages import LOOPBACK, TOOLS_ROOT, DebugError, DebugLaunch, register, workspace_path
 
@@ -208,18 +209,13 @@ def source_mappings(binary: GoBinary, local_files: Iterable[str], *, local_root:
     return [(local_root, root)] if root else []
 
 
-def debug_problem(service: str, binary: GoBinary | None, program: str) -> str | None:
+def debug_problem(binary: GoBinary, program: str) -> str | None:
     """One line when Delve cannot debug the program: what is wrong and what to change; None when it can."""
-    if binary is None:
-        return (
-            f"innerloop debug {service}: {program} is not a Go program Delve can launch "
-            "(set `debug: {language: ...}` in innerloop.yaml if the service is in another language)"
-        )
     if not binary.debug_info:
         return (
-            f"innerloop debug {service}: the binary {program} has no debug info (built with -ldflags='-s -w'): "
-            "drop -s -w from its go build (e.g. a build argument that is empty for debugging), "
-            "and add -gcflags='all=-N -l' to read every local variable"
+            f"the binary {program} has no debug info (built with -ldflags='-s -w'): drop -s -w from its "
+            "go build (e.g. a build argument that is empty for debugging), and add -gcflags='all=-N -l' "
+            "to read every local variable"
         )
     return None
 
@@ -295,21 +291,25 @@ class GoImage:
 
 
 def inspect_image(
-    service: str,
     *,
     archive: Path,
     original: Sequence[str],
-    config: dict[str, object],
     project_root: Path,
     context: Path,
-) -> GoImage:
-    """Before deploying ``service`` under Delve: its program from the built image, checked, and its mappings.
+) -> GoImage | None:
+    """Before deploying under Delve: the image's program, checked, and how its sources map to local files.
 
-    ``config``: the image config's ``config`` part (Env, WorkingDir);
-    ``context``: the image's build context (its Go module), whose ``.go``
-    files are compared with the binary's. Raises :class:`DebugError` with
-    one line when the program cannot be debugged.
+    ``original``: the command (the image's entrypoint and cmd); ``context``:
+    the image's build context (its Go module), whose ``.go`` files are
+    compared with the binary's. None when the image has no Go program there
+    (a wrapper script, a command the manifest sets): nothing to check or
+    map. Raises :class:`DebugError` with one line when the program is Go but
+    cannot be debugged.
     """
+    if not original:
+        return None
+    runtime = read_config(archive).get("config")
+    config = runtime if isinstance(runtime, dict) else {}
     listed = config.get("Env")
     env = [str(e) for e in listed] if isinstance(listed, list) else []
     workdir = str(config.get("WorkingDir") or "/")
@@ -318,13 +318,12 @@ def inspect_image(
         if data is None:
             continue
         binary = read_go_binary(io.BytesIO(data))
-        problem = debug_problem(service, binary, candidate)
-        if problem is not None or binary is None:
+        if binary is None:
+            return None
+        problem = debug_problem(binary, candidate)
+        if problem is not None:
             raise DebugError(problem)
         local_files = [p.relative_to(context).as_posix() for p in sorted(context.rglob("*.go")) if p.is_file()]
         root = context.relative_to(project_root).as_posix() if context.is_relative_to(project_root) else str(context)
         return GoImage(program=candidate, binary=binary, mappings=source_mappings(binary, local_files, local_root=root))
-    raise DebugError(
-        f"innerloop debug {service}: the image has no {original[0]} to run under Delve "
-        "(set the container's command to the binary's path)"
-    )
+    return None

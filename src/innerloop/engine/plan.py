@@ -50,6 +50,10 @@ class BuiltImageInfo:
     reference: str  # what pods run: a tag, or repo@sha256:... on a registry
     entrypoint: Sequence[str] = ()
     cmd: Sequence[str] = ()
+    # A compiled program's (Go's): (local folder, the build's path for it), read from its debug info.
+    source_mappings: Sequence[tuple[str, str]] = ()
+    debug_problem: str = ""  # why its debugger cannot debug it (a binary stripped of its debug info)
+    program_language: str = ""  # "go": its program is a Go binary (read from the image, for ``language: auto``)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,11 +77,16 @@ def sync_mappings(service: Service) -> list[tuple[str, str]]:
     return [(rule.local.rstrip("/") or ".", rule.remote.rstrip("/") or "/") for rule in service.sync]
 
 
-def debug_launch(name: str, service: Service, command: list[str], files: Sequence[str]) -> DebugLaunch:
-    """A service's debug launch from its config and original command; a :class:`PlanProblems` says what to set."""
+def debug_launch(
+    name: str, service: Service, command: list[str], files: Sequence[str], image: BuiltImageInfo | None = None
+) -> DebugLaunch:
+    """A service's debug launch from its config and original command; a :class:`PlanProblems` says what to set.
+
+    ``image``: the built image, whose program's own debug info may say where it was compiled (Go).
+    """
     language: str = service.debug.language
     if language == "auto":
-        found = detect_language(command, files)
+        found = (image.program_language if image is not None else "") or detect_language(command, files)
         if found is None:
             raise PlanProblems(
                 [
@@ -89,10 +98,13 @@ def debug_launch(name: str, service: Service, command: list[str], files: Sequenc
                 ]
             )
         language = found
+    mappings = sync_mappings(service)
+    if language == "go" and image is not None:
+        if image.debug_problem:
+            raise PlanProblems([Problem(("services", name, "debug"), image.debug_problem)])
+        mappings = list(image.source_mappings) or mappings
     try:
-        return launch_for(
-            language, command, port=service.debug.port, wait=service.debug.wait, mappings=sync_mappings(service)
-        )
+        return launch_for(language, command, port=service.debug.port, wait=service.debug.wait, mappings=mappings)
     except DebugError as err:
         raise PlanProblems([Problem(("services", name, "debug"), str(err))]) from None
 
@@ -273,7 +285,7 @@ def plan_service(
         image = next((info for info in built.values() if info.reference == container.get("image")), None)
         command = original_command(container, image.entrypoint if image else (), image.cmd if image else ())
         if debug_files is not None:
-            launch = debug_launch(name, service, command, debug_files)
+            launch = debug_launch(name, service, command, debug_files, image)
         secret = token_secret_name(project.name, name)
         patched = apply_dev_mode(
             workload,

@@ -10,6 +10,7 @@ the record :mod:`innerloop.deploy.apply` keeps in the cluster).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -33,6 +34,8 @@ from innerloop.dashboard import Listen
 from innerloop.dashboard import listen as dashboard_listen
 from innerloop.dashboard import serve as serve_dashboard
 from innerloop.debug.editor import Attach, publish
+from innerloop.debug.go import inspect_image as inspect_go_image
+from innerloop.debug.languages import DebugError
 from innerloop.debug.services import bind_debug_port, debug_port_in_use, debug_services, local_debug_port
 from innerloop.debug.tools import tool_entries
 from innerloop.deploy.apply import DeployError, DownResult, apply_all, project_keys, restore_all, wait_rollout
@@ -110,6 +113,8 @@ class DevLoop:
         self.debugging = debug_services(self.project, self.root, debug)  # service -> its synced files
         self.objects: dict[str, list[dict[str, Any]]] = {}
         self.sessions: dict[str, SyncSession] = {}  # per dev-mode service, while the loop runs
+        self._unready: set[str] = set()  # services `up` went past without their rollout finishing
+        self._loop_tasks: asyncio.TaskGroup | None = None
         self._redeploying: dict[str, asyncio.Lock] = {}  # one rebuild at a time per service
         self.store.actions["restart"] = self._restart_action
         self.store.actions["rebuild"] = self._rebuild_action
@@ -126,6 +131,20 @@ class DevLoop:
         started = time.monotonic()
         image, info = build_service_image(self.root, name, service, paths=self.target.paths, report=self.report)
         reference = self.target.deliver(image)  # a no-op when the cluster has this image already
+        context = self.root / service.image.context
+        if name in self.debugging and (context / "go.mod").is_file():
+            # A compiled Go program: its own debug info says where it was built from (Delve's substitutePath).
+            try:
+                found = inspect_go_image(
+                    archive=image.archive,
+                    original=[*info.entrypoint, *info.cmd],
+                    project_root=self.root,
+                    context=context,
+                )
+                if found is not None:
+                    info = dataclasses.replace(info, source_mappings=found.mappings, program_language="go")
+            except DebugError as err:  # a Go binary Delve cannot debug
+                info = dataclasses.replace(info, debug_problem=str(err), program_language="go")
         self.built[service.image.name] = dataclasses.replace(info, reference=reference)
         self.store.update(name, image=reference)
         took_ms = (time.monotonic() - started) * 1000
@@ -248,9 +267,36 @@ class DevLoop:
             if stuck is not None:
                 self.store.update(name, phase="error", message=stuck.cause)
                 self.report(f"{name}: not ready, going on: {stuck.cause}")
+                self._unready.add(name)
+                if self._loop_tasks is not None:  # a redeploy while the loop runs: watch it from now
+                    self._loop_tasks.create_task(self._ready_later(name), name=f"ready-{name}")
                 return False
-        self.store.update(name, phase="running")
+        self._unready.discard(name)
+        self.store.update(name, phase="running", message="")
         return True
+
+    async def _ready_later(self, name: str) -> None:
+        """A service `up` went past (its alert says why) turns running once its rollout finishes after all."""
+        plan = self.plans[name]
+        client = self.target.conn.client()
+        try:
+            while name in self._unready:
+                with contextlib.suppress(DeployError):
+                    await wait_rollout(
+                        client,
+                        namespace=self.namespace,
+                        kind=plan.workload_kind,
+                        name=plan.workload_name,
+                        timeout_s=600,
+                        poll_s=2.0,
+                    )
+                    break
+        finally:
+            await client.close()
+        if name in self._unready:
+            self._unready.discard(name)
+            self.store.update(name, phase="running", message="")
+            self.report(f"{name}: ready")
 
     async def deploy(self, client: AsyncClient) -> None:
         # Talk to the cluster before building: an unreachable cluster or missing rights fail in a second.
@@ -332,7 +378,10 @@ class DevLoop:
         finally:
             await client.close()
         async with serve(self.store, self.root), asyncio.TaskGroup() as tg:
+            self._loop_tasks = tg
             tg.create_task(self._watch_alerts(), name="alerts")
+            for name in sorted(self._unready):
+                tg.create_task(self._ready_later(name), name=f"ready-{name}")
             for name, port, forward in self.forwards:
                 where = f"{port.address}:{forward.local_port} -> {port.remote}"
                 tg.create_task(forward.run(), name=f"forward-{name}-{forward.local_port}")

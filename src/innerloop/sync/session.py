@@ -219,6 +219,8 @@ class SyncSession:
     # -- watching -------------------------------------------------------------
 
     async def _watch(self) -> None:
+        if not self.roots:  # in dev mode only to run under its debugger: nothing to watch, replicas still followed
+            return
         # FileWatch registers watches off the event loop, filters by each root's scope, and raises
         # WatchLimitError with the sysctl to run instead of silently polling (see sync/watcher.py).
         roots = [WatchRoot(path=r.local, scope=r.scope) for r in self.roots]

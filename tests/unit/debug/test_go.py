@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from innerloop.config import parse_config
 from innerloop.debug import go
 from innerloop.debug.languages import DebugError, detect_language, launch_for
+from innerloop.engine.plan import BuiltImageInfo, PlanProblems, debug_launch
+from innerloop.oci.archive import ImageConfig, write_archive
 
 REPO = Path(__file__).resolve().parents[3]
 MAIN_GO = """package main
@@ -166,13 +169,10 @@ def test_without_trimpath_the_build_folder_is_mapped(binaries: dict[str, Path]) 
 
 
 def test_a_stripped_binary_is_refused_in_one_line_that_says_what_to_change(binaries: dict[str, Path]) -> None:
-    binary = _read(binaries["stripped"])
-    assert not binary.debug_info
-    problem = go.debug_problem("inventory", binary, "/inventory")
+    problem = go.debug_problem(_read(binaries["stripped"]), "/inventory")
     assert problem is not None and "\n" not in problem
-    assert problem.startswith("innerloop debug inventory: the binary /inventory has no debug info (built with -ldflags")
-    assert "drop -s -w" in problem
-    assert go.debug_problem("inventory", _read(binaries["trimpath"]), "/inventory") is None
+    assert problem.startswith("the binary /inventory has no debug info (built with -ldflags='-s -w'): drop -s -w")
+    assert go.debug_problem(_read(binaries["trimpath"]), "/inventory") is None
 
 
 def test_an_unoptimized_build_is_told_apart(binaries: dict[str, Path]) -> None:
@@ -237,25 +237,58 @@ def test_a_program_is_looked_for_as_the_kubelet_would_start_it() -> None:
     assert go.program_path(["api"], env=["PATH=/opt/bin:/usr/bin"], workdir="/") == ["/opt/bin/api", "/usr/bin/api"]
 
 
+def _image(path: Path, layers: list[bytes], config: ImageConfig | None = None) -> Path:
+    write_archive(path, tag="t:1", layers=layers, config=config or ImageConfig())
+    return path
+
+
 def test_inspect_image_refuses_a_stripped_build_and_maps_a_good_one(binaries: dict[str, Path], tmp_path: Path) -> None:
-    project = binaries["src"].parent
-    stripped = _archive(tmp_path / "s.tar", [_layer({"greeter": binaries["stripped"].read_bytes()})])
-    with pytest.raises(DebugError, match=r"^innerloop debug greeter: the binary /greeter has no debug info"):
-        go.inspect_image(
-            "greeter", archive=stripped, original=["/greeter"], config={}, project_root=project, context=binaries["src"]
-        )
-    good = _archive(tmp_path / "g.tar", [_layer({"usr/local/bin/greeter": binaries["trimpath"].read_bytes()})])
-    found = go.inspect_image(
-        "greeter",
-        archive=good,
-        original=["greeter"],
-        config={"Env": ["PATH=/usr/local/bin:/usr/bin"]},
-        project_root=project,
-        context=binaries["src"],
+    project, context = binaries["src"].parent, binaries["src"]
+    stripped = _image(tmp_path / "s.tar", [_layer({"greeter": binaries["stripped"].read_bytes()})])
+    with pytest.raises(DebugError, match=r"^the binary /greeter has no debug info"):
+        go.inspect_image(archive=stripped, original=["/greeter"], project_root=project, context=context)
+    good = _image(
+        tmp_path / "g.tar",
+        [_layer({"usr/local/bin/greeter": binaries["trimpath"].read_bytes(), "run.sh": b"#!/bin/sh\n"})],
+        ImageConfig(env={"PATH": "/usr/local/bin:/usr/bin"}),
     )
+    found = go.inspect_image(archive=good, original=["greeter", "--port=1"], project_root=project, context=context)
+    assert found is not None
     assert found.program == "/usr/local/bin/greeter"
-    assert found.mappings == [(binaries["src"].name, "example.com/greeter")]
-    with pytest.raises(DebugError, match="the image has no /missing to run under Delve"):
-        go.inspect_image(
-            "greeter", archive=good, original=["/missing"], config={}, project_root=project, context=binaries["src"]
-        )
+    assert found.mappings == [(context.name, "example.com/greeter")]
+    # not there, or not Go (a wrapper script): nothing to check or map
+    assert go.inspect_image(archive=good, original=["/missing"], project_root=project, context=context) is None
+    assert go.inspect_image(archive=good, original=["/run.sh"], project_root=project, context=context) is None
+
+
+# ---- the plan: what the built image's binary said reaches the launch -----------------------------------
+
+GO_CONFIG = """\
+version: 1
+name: shop
+services:
+  inventory:
+    manifests: {files: [k8s/inventory.yaml]}
+    image: {name: inventory, context: inventory}
+"""
+
+
+def test_the_plan_takes_the_binarys_mappings_and_refuses_a_stripped_one() -> None:
+    service = parse_config(GO_CONFIG).services["inventory"]
+    mapped = BuiltImageInfo(
+        reference="inventory:1", source_mappings=[("inventory", "example.com/inventory")], program_language="go"
+    )
+    # No sync rules, so no files to tell the language by: the image's binary says Go.
+    launch = debug_launch("inventory", service, ["/inventory"], [], mapped)
+    assert launch.language == "go"
+    assert launch.launch_json["substitutePath"] == [
+        {"from": "${workspaceFolder}/inventory", "to": "example.com/inventory"}
+    ]
+    stripped = BuiltImageInfo(
+        reference="inventory:1", debug_problem="the binary /inventory has no debug info", program_language="go"
+    )
+    with pytest.raises(PlanProblems) as refused:
+        debug_launch("inventory", service, ["/inventory"], [], stripped)
+    [problem] = refused.value.problems
+    assert problem.path == ("services", "inventory", "debug")
+    assert problem.message == "the binary /inventory has no debug info"

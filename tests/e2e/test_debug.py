@@ -1,11 +1,15 @@
-"""`innerloop debug` on the bundled cluster, with a real Debug Adapter Protocol client (tests/e2e/dap.py).
+"""`innerloop debug` on the bundled cluster, with real debug clients.
 
-The bookshop's backend (Flask under gunicorn, two forked workers, on the
-official python:3.11-slim image) runs under debugpy in a namespace that
-enforces the restricted Pod Security Standard. One run proves, in order:
+One `innerloop debug backend reviews` (module-scoped) in a namespace that
+enforces the restricted Pod Security Standard: the bookshop's backend (Flask
+under gunicorn, two forked workers, on the official python:3.11-slim image)
+under debugpy, driven by a Debug Adapter Protocol client (tests/e2e/dap.py);
+reviews (Express on node:18-slim) under ``node --inspect``, driven by a
+Chrome DevTools Protocol client (tests/e2e/cdp.py: what VS Code's js-debug
+speaks to Node). It proves, in order:
 
-- the pod was admitted as restricted, adds no capability, keeps its
-  readiness probe and has no liveness probe while debugging;
+- both pods were admitted as restricted, add no capability, keep their
+  readiness probes and have no liveness probe while debugging;
 - `.vscode/launch.json` got "innerloop: backend", aimed at the local forward,
   and its pathMappings make a breakpoint set in the *local* backend/app.py
   bind: a request through the service's forward stops at that line in a
@@ -13,25 +17,42 @@ enforces the restricted Pod Security Standard. One run proves, in order:
   continues, and the request completes with 200;
 - a sync restarts the process, and the debugger's port answers again (the
   editor re-attaches in one action);
-- a plain `innerloop up` afterwards brings the liveness probe back.
+- "innerloop: reviews" maps reviews/src to the container's /app/src: a
+  breakpoint set by that URL at a line of the local reviews/src/server.js
+  stops a real request in the Express handler, a local's value and an
+  expression over the request are read there, resume, 200;
+- a plain `innerloop up` afterwards brings the liveness probes back.
+
+And, on its own: a debug.local in use stops `innerloop debug` before anything
+is deployed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
 import threading
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import json5
+import pytest
 import yaml
 
+from innerloop.cluster.node import BundledCluster
+
 from .bookshop import copy_bookshop
+from .cdp import inspect
+from .conftest import innerloop_command
 from .dap import DapClient, attach_tree
 from .kube import Kube, eventually
 
@@ -78,83 +99,176 @@ def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[i
         return resp.status, json.load(resp)
 
 
-def _container(kube: Kube, namespace: str) -> dict[str, object]:
-    [deployment] = kube.get_json("deployments", "-n", namespace)["items"]
+def _container(kube: Kube, namespace: str, service: str | None = None) -> dict[str, object]:
+    """The app container of the service's Deployment (None: the namespace's only one)."""
+    if service is None:
+        [deployment] = kube.get_json("deployments", "-n", namespace)["items"]
+    else:
+        deployment = kube.get_json("deployment", service, "-n", namespace)
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert isinstance(container, dict)
     return container
 
 
-def test_python_breakpoint_through_debug(kube: Kube, namespace: str, innerloop_cli: list[str], tmp_path: Path) -> None:
+@dataclass
+class Debugging:
+    app: Path
+    namespace: str
+    ports: dict[str, int]  # each service's forwarded app port
+    debuggers: dict[str, int]  # each service's debugger, forwarded to this machine
+    proc: subprocess.Popen[str]
+    kube: Kube
+    cli: list[str]
+    tmp: Path
+
+
+@pytest.fixture(scope="module")
+def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Debugging]:
+    """One `innerloop debug backend reviews` for the module (reviews' dependsOn inventory dropped)."""
+    info = bundled_cluster.info()
+    assert info is not None, "bundled cluster is not ready"
+    kube = Kube(kubectl_bin=info.kubectl, kubeconfig=info.kubeconfig, images=info.images)
+    namespace = f"t-debug-{secrets.token_hex(3)}"
+    kube.run("create", "namespace", namespace)
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    app, ports = copy_bookshop(tmp_path / "bookshop", only=["backend"])
+    tmp = tmp_path_factory.mktemp("debug")
+    app, ports = copy_bookshop(tmp / "bookshop", only=["backend", "reviews"])
+    cli = innerloop_command()
+    log = tmp / "debug.log"
+    proc = _start(cli, app, log, "debug", "backend", "reviews", "-n", namespace, "--no-color")
+    try:
+        debuggers = {
+            name: int(_logged(proc, log, rf"{name}: debugger \({language}\) on 127\.0\.0\.1:(\d+)").group(1))
+            for name, language in (("backend", "python"), ("reviews", "node"))
+        }
+        eventually(lambda: log.read_text().count("in sync") >= 2, timeout_s=120)
+        for name in ports:
+            eventually(lambda name=name: _get(ports[name], "/healthz")[0] == 200, timeout_s=120)
+        yield Debugging(app, namespace, ports, debuggers, proc, kube, cli, tmp)
+    finally:
+        _stop(proc)
+        kube.run("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_debugged_pods_stay_restricted_without_liveness_probes(debugging: Debugging) -> None:
+    kube, namespace = debugging.kube, debugging.namespace
+    for service in ("backend", "reviews"):
+        container = _container(kube, namespace, service)
+        assert "livenessProbe" not in container and "readinessProbe" in container
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # type: ignore[index]
+        pods = kube.get_json("pods", "-n", namespace, "-l", f"app.kubernetes.io/name={service}")["items"]
+        assert pods and all("livenessProbe" not in c for p in pods for c in p["spec"]["containers"])
+
+
+def test_python_breakpoint_through_debug(debugging: Debugging) -> None:
+    app, ports, local = debugging.app, debugging.ports, debugging.debuggers["backend"]
     source = app / "backend" / "app.py"
     text = source.read_text()
     # The line after `forwarded = ...` in the /books handler: `forwarded` is a local there.
     line = text[: text.index("    try:\n        reviews = fetch_reviews")].count("\n") + 1
-    log = tmp_path / "debug.log"
-    proc = _start(innerloop_cli, app, log, "debug", "backend", "-n", namespace, "--no-color")
+
+    launch = json5.loads((app / ".vscode" / "launch.json").read_text())
+    [config] = [c for c in launch["configurations"] if c["name"] == "innerloop: backend"]
+    assert config["connect"] == {"host": "127.0.0.1", "port": local}
+    arguments = json.loads(json.dumps(config).replace("${workspaceFolder}", str(app)))
+
+    with attach_tree("127.0.0.1", local, arguments, {str(source): [line]}, children=2) as sessions:
+        answer: dict[str, object] = {}
+
+        def request() -> None:
+            answer["status"], answer["body"] = _get(ports["backend"], "/books", {"x-innerloop-user": "dap-test"})
+
+        client = threading.Thread(target=request, daemon=True)
+        client.start()
+
+        def stopped() -> tuple[DapClient, dict[str, object]] | None:
+            for session in sessions[1:]:  # the gunicorn workers
+                body = session.has_event("stopped")
+                if body is not None:
+                    return session, body
+            return None
+
+        session, event = eventually(stopped, timeout_s=30, interval_s=0.05)
+        assert event["reason"] == "breakpoint"
+        frame, variables = session.locals_of_top_frame(int(event["threadId"]))
+        assert frame["line"] == line
+        assert Path(frame["source"]["path"]) == source  # the remote /app/app.py mapped to the local file
+        assert "dap-test" in variables["forwarded"], variables
+        assert "status" not in answer  # held at the breakpoint
+        session.request("continue", {"threadId": event["threadId"]})
+        client.join(timeout=30)
+        assert answer.get("status") == 200, answer
+
+    # A sync restarts the process under debugpy: the debugger's port answers again.
+    source.write_text(text.replace('"hello from backend"', '"hello from a debugged sync"'))
+    eventually(lambda: _get(ports["backend"], "/books")[1]["greeting"] == "hello from a debugged sync")
+    again = DapClient("127.0.0.1", local)
     try:
-        local = int(_logged(proc, log, r"backend: debugger \(python\) on 127\.0\.0\.1:(\d+)").group(1))
-        _logged(proc, log, r"in sync")
-        eventually(lambda: _get(ports["backend"], "/healthz")[0] == 200, timeout_s=120)
-
-        container = _container(kube, namespace)
-        assert "livenessProbe" not in container and "readinessProbe" in container
-        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # type: ignore[index]
-        pods = kube.get_json("pods", "-n", namespace, "-l", "app.kubernetes.io/name=backend")["items"]
-        assert pods and all("livenessProbe" not in c for p in pods for c in p["spec"]["containers"])
-
-        launch = json5.loads((app / ".vscode" / "launch.json").read_text())
-        [config] = [c for c in launch["configurations"] if c["name"] == "innerloop: backend"]
-        assert config["connect"] == {"host": "127.0.0.1", "port": local}
-        arguments = json.loads(json.dumps(config).replace("${workspaceFolder}", str(app)))
-
-        with attach_tree("127.0.0.1", local, arguments, {str(source): [line]}, children=2) as sessions:
-            answer: dict[str, object] = {}
-
-            def request() -> None:
-                answer["status"], answer["body"] = _get(ports["backend"], "/books", {"x-innerloop-user": "dap-test"})
-
-            client = threading.Thread(target=request, daemon=True)
-            client.start()
-
-            def stopped() -> tuple[DapClient, dict[str, object]] | None:
-                for session in sessions[1:]:  # the gunicorn workers
-                    body = session.has_event("stopped")
-                    if body is not None:
-                        return session, body
-                return None
-
-            session, event = eventually(stopped, timeout_s=30, interval_s=0.05)
-            assert event["reason"] == "breakpoint"
-            frame, variables = session.locals_of_top_frame(int(event["threadId"]))
-            assert frame["line"] == line
-            assert Path(frame["source"]["path"]) == source  # the remote /app/app.py mapped to the local file
-            assert "dap-test" in variables["forwarded"], variables
-            assert "status" not in answer  # held at the breakpoint
-            session.request("continue", {"threadId": event["threadId"]})
-            client.join(timeout=30)
-            assert answer.get("status") == 200, answer
-
-        # A sync restarts the process under debugpy: the debugger's port answers again.
-        source.write_text(text.replace('"hello from backend"', '"hello from a debugged sync"'))
-        eventually(lambda: _get(ports["backend"], "/books")[1]["greeting"] == "hello from a debugged sync")
-        again = DapClient("127.0.0.1", local)
-        try:
-            capabilities = again.request("initialize", {"clientID": "innerloop-tests", "adapterID": "debugpy"})
-            assert capabilities.get("supportsConfigurationDoneRequest") is True
-        finally:
-            again.close()
+        capabilities = again.request("initialize", {"clientID": "innerloop-tests", "adapterID": "debugpy"})
+        assert capabilities.get("supportsConfigurationDoneRequest") is True
     finally:
-        _stop(proc)
+        again.close()
 
-    # Plain `up` afterwards: the manifest's probes are back.
-    log = tmp_path / "up.log"
-    proc = _start(innerloop_cli, app, log, "up", "-n", namespace, "--no-color")
+
+def test_node_breakpoint_through_debug(debugging: Debugging) -> None:
+    app, local = debugging.app, debugging.debuggers["reviews"]
+    source = app / "reviews" / "src" / "server.js"
+    text = source.read_text()
+    # In the /reviews handler, after `inventory` is set (an error object: inventory is not deployed).
+    line = text[: text.index("  const stock = new Map(")].count("\n") + 1
+
+    launch = json5.loads((app / ".vscode" / "launch.json").read_text())
+    [config] = [c for c in launch["configurations"] if c["name"] == "innerloop: reviews"]
+    assert (config["type"], config["request"], config["port"]) == ("node", "attach", local)
+    # The editor's mapping, local file -> the script's URL in the container.
+    local_root = Path(config["localRoot"].replace("${workspaceFolder}", str(app)))
+    url = "file://" + str(Path(config["remoteRoot"]) / source.relative_to(local_root))
+
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as http, inspect(http, "127.0.0.1", local) as node:
+            await node.call("Debugger.enable")
+            script = await node.event("Debugger.scriptParsed", lambda p: p.get("url") == url)  # the mapping names it
+            breakpoint_ = await node.call("Debugger.setBreakpointByUrl", {"url": url, "lineNumber": line - 1})
+            assert breakpoint_["locations"], breakpoint_  # bound in the running script
+            headers = {"x-innerloop-user": "cdp-test"}
+            request = asyncio.create_task(
+                http.get(f"http://127.0.0.1:{debugging.ports['reviews']}/reviews", headers=headers)
+            )
+            paused = await node.event("Debugger.paused")
+            assert paused["hitBreakpoints"] == [breakpoint_["breakpointId"]]
+            [frame, *_] = paused["callFrames"]
+            assert frame["location"] == {**frame["location"], "scriptId": script["scriptId"], "lineNumber": line - 1}
+            assert {"inventory", "stock"} <= await node.local_names(frame)
+            value = await node.call(
+                "Debugger.evaluateOnCallFrame",
+                {
+                    "callFrameId": frame["callFrameId"],
+                    "expression": "inventory.service + ' ' + req.get('x-innerloop-user')",
+                },
+            )
+            assert value["result"]["value"] == "inventory cdp-test", value
+            await asyncio.sleep(0.5)
+            assert not request.done()  # held at the breakpoint
+            await node.call("Debugger.resume")
+            async with await asyncio.wait_for(request, 30) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert body["service"] == "reviews" and body["via"][0]["service"] == "inventory"
+
+    asyncio.run(scenario())
+
+
+def test_plain_up_afterwards_brings_the_probes_back(debugging: Debugging) -> None:
+    """Last in the module: it ends the shared `innerloop debug`."""
+    _stop(debugging.proc)
+    log = debugging.tmp / "up.log"
+    proc = _start(debugging.cli, debugging.app, log, "up", "-n", debugging.namespace, "--no-color")
     try:
         _logged(proc, log, r"in sync")
-        eventually(lambda: "livenessProbe" in _container(kube, namespace), timeout_s=60)
+        for service in ("backend", "reviews"):
+            eventually(
+                lambda s=service: "livenessProbe" in _container(debugging.kube, debugging.namespace, s), timeout_s=60
+            )
     finally:
         _stop(proc)
 

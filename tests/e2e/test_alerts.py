@@ -110,6 +110,16 @@ def test_services_that_cannot_start_do_not_block_up_and_each_raises_one_alert(te
     assert _status(team)["services"]["search"]["phase"] == "error"
 
 
+def test_a_stuck_service_fixed_outside_up_turns_running_and_its_alert_clears(team: Up, kube: Kube) -> None:
+    """The cluster, not innerloop.yaml, is fixed (as when a teammate frees the node): `up` notices by itself."""
+    _alert(team, "reports", "unschedulable")
+    kube.run("set", "resources", "deployment/reports", "-n", team.namespace, "--requests=cpu=10m")
+    eventually(lambda: _status(team)["services"]["reports"]["phase"] == "running", timeout_s=120)
+    assert _status(team)["services"]["reports"]["message"] == ""
+    _alert(team, "reports", "unschedulable", active=False)
+    team.logged("reports: ready")
+
+
 def test_a_container_past_its_memory_limit_is_one_oom_alert_naming_the_limit(team: Up) -> None:
     assert _get(team, "cache", "/fill") != 200
     oom = _alert(team, "cache", "oom-killed")

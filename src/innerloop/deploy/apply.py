@@ -336,8 +336,9 @@ async def wait_rollout(
     name: str,
     timeout_s: float = 120,
     on_progress: Callable[[str], None] = lambda _m: None,
+    poll_s: float = 0.25,
 ) -> None:
-    """Wait until a Deployment or StatefulSet has all replicas updated and ready."""
+    """Wait until a Deployment or StatefulSet has all replicas updated and ready (asked every ``poll_s``)."""
     res: type[Deployment] | type[StatefulSet] = Deployment if kind == "Deployment" else StatefulSet
     deadline = time.monotonic() + timeout_s
     last = ""
@@ -361,4 +362,4 @@ async def wait_rollout(
                 f"{kind.lower()}/{name} not ready after {timeout_s:.0f}s ({progress}); "
                 f"see `kubectl -n {namespace} describe {kind.lower()}/{name}` and its pods' events"
             )
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(poll_s)

@@ -34,6 +34,8 @@ from innerloop.dashboard import Listen
 from innerloop.dashboard import listen as dashboard_listen
 from innerloop.dashboard import serve as serve_dashboard
 from innerloop.debug.editor import Attach, publish
+from innerloop.debug.go import inspect_image as inspect_go_image
+from innerloop.debug.languages import DebugError
 from innerloop.debug.services import bind_debug_port, debug_port_in_use, debug_services, local_debug_port
 from innerloop.debug.tools import tool_entries
 from innerloop.deploy.apply import DeployError, DownResult, apply_all, project_keys, restore_all, wait_rollout
@@ -129,6 +131,20 @@ class DevLoop:
         started = time.monotonic()
         image, info = build_service_image(self.root, name, service, paths=self.target.paths, report=self.report)
         reference = self.target.deliver(image)  # a no-op when the cluster has this image already
+        context = self.root / service.image.context
+        if name in self.debugging and (context / "go.mod").is_file():
+            # A compiled Go program: its own debug info says where it was built from (Delve's substitutePath).
+            try:
+                found = inspect_go_image(
+                    archive=image.archive,
+                    original=[*info.entrypoint, *info.cmd],
+                    project_root=self.root,
+                    context=context,
+                )
+                if found is not None:
+                    info = dataclasses.replace(info, source_mappings=found.mappings, program_language="go")
+            except DebugError as err:  # a Go binary Delve cannot debug
+                info = dataclasses.replace(info, debug_problem=str(err), program_language="go")
         self.built[service.image.name] = dataclasses.replace(info, reference=reference)
         self.store.update(name, image=reference)
         took_ms = (time.monotonic() - started) * 1000

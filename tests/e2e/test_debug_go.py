@@ -16,7 +16,9 @@ restricted Pod Security Standard. One test proves, in order:
 - through that configuration a breakpoint set in the *local*
   inventory/main.go binds: a request through the service's forward stops
   at that line, the client reads a local variable's value there, continues,
-  and the request completes with 200.
+  and the request completes with 200;
+- detached, the service keeps serving under Delve, and a second client
+  attaches again (what an editor's re-attach does).
 """
 
 from __future__ import annotations
@@ -167,8 +169,21 @@ def test_go_breakpoint_through_debug(kube: Kube, namespace: str, innerloop_cli: 
             assert answer.get("status") == 200, answer
             body = answer["body"]
             assert isinstance(body, dict) and len(body["items"]) == 3
+            # Delve keeps a detached client's breakpoints (the target is left as it is): clear them first.
+            session.request("setBreakpoints", {"source": {"path": str(source)}, "breakpoints": []})
         finally:
             session.send("disconnect", {"terminateDebuggee": False})
             session.close()
+
+        # Detached, the service runs on under Delve (--accept-multiclient), and an editor attaches again.
+        assert _get(ports["inventory"], "/inventory")[0] == 200
+        again = DapClient("127.0.0.1", local)
+        try:
+            again.attach(arguments, {})
+            assert again.request("threads")["threads"]
+        finally:
+            again.send("disconnect", {"terminateDebuggee": False})
+            again.close()
+        assert _get(ports["inventory"], "/inventory")[0] == 200
     finally:
         _stop(proc)

@@ -1,15 +1,17 @@
 """`innerloop debug` on the bundled cluster, with real debug clients.
 
-One `innerloop debug backend reviews` (module-scoped) in a namespace that
-enforces the restricted Pod Security Standard: the bookshop's backend (Flask
-under gunicorn, two forked workers, on the official python:3.11-slim image)
-under debugpy, driven by a Debug Adapter Protocol client (tests/e2e/dap.py);
-reviews (Express on node:18-slim) under ``node --inspect``, driven by a
-Chrome DevTools Protocol client (tests/e2e/cdp.py: what VS Code's js-debug
-speaks to Node). It proves, in order:
+One `innerloop debug backend reviews py39` (module-scoped) in a namespace
+that enforces the restricted Pod Security Standard: the bookshop's backend
+(Flask under gunicorn, two forked workers, on the official python:3.11-slim
+image) and py39 (a small app of the tests' own on Debian 11's Python 3.9
+over debian:bookworm-slim, hack/python3.9) under debugpy, driven by a Debug
+Adapter Protocol client (tests/e2e/dap.py); reviews (Express on
+node:18-slim) under ``node --inspect``, driven by a Chrome DevTools Protocol
+client (tests/e2e/cdp.py: what VS Code's js-debug speaks to Node). It
+proves, in order:
 
-- both pods were admitted as restricted, add no capability, keep their
-  readiness probes and have no liveness probe while debugging;
+- every pod was admitted as restricted, adds no capability, keeps its
+  readiness probe and has no liveness probe while debugging;
 - `.vscode/launch.json` got "innerloop: backend", aimed at the local forward,
   and its pathMappings make a breakpoint set in the *local* backend/app.py
   bind: a request through the service's forward stops at that line in a
@@ -21,6 +23,8 @@ speaks to Node). It proves, in order:
   breakpoint set by that URL at a line of the local reviews/src/server.js
   stops a real request in the Express handler, a local's value and an
   expression over the request are read there, resume, 200;
+- the same debugpy copy stops py39's handler under Python 3.9, reads a
+  local there, and the request completes with 200 (its body says 3.9);
 - a plain `innerloop up` afterwards brings the liveness probes back.
 
 And, on its own: a debug.local in use stops `innerloop debug` before anything
@@ -34,6 +38,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -54,7 +59,7 @@ from .bookshop import copy_bookshop
 from .cdp import inspect
 from .conftest import innerloop_command
 from .dap import DapClient, attach_tree
-from .kube import Kube, eventually
+from .kube import Kube, eventually, free_port
 
 BUILD_ENV = {
     "CONTAINERS_REGISTRIES_CONF": "/var/lib/innerloop-cluster/config/containers/registries.conf",
@@ -110,6 +115,77 @@ def _container(kube: Kube, namespace: str, service: str | None = None) -> dict[s
     return container
 
 
+# A service of the tests' own on Debian 11's Python 3.9 (hack/python3.9 over debian:bookworm-slim, no pip,
+# no shell needed), beside the bookshop's 3.11: debugpy's one pure-Python copy serves both interpreters.
+PY39_APP = """\
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        visitor = self.headers.get("x-innerloop-user", "nobody")
+        body = json.dumps({"python": "%d.%d" % sys.version_info[:2], "visitor": visitor}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+HTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+PY39_DOCKERFILE = """\
+FROM debian:bookworm-slim
+COPY python/ /
+COPY app/ /app/
+USER 1000:1000
+CMD ["/usr/bin/python3.9", "/app/app.py"]
+"""
+PY39_MANIFEST = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: py39, labels: {app.kubernetes.io/name: py39}}
+spec:
+  selector: {matchLabels: {app.kubernetes.io/name: py39}}
+  template:
+    metadata: {labels: {app.kubernetes.io/name: py39}}
+    spec:
+      automountServiceAccountToken: false
+      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: py39
+        image: debug-py39
+        imagePullPolicy: IfNotPresent
+        ports: [{name: http, containerPort: 8080}]
+        securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+        readinessProbe: {tcpSocket: {port: http}, periodSeconds: 2}
+        livenessProbe: {tcpSocket: {port: http}, periodSeconds: 10}
+"""
+DEBUGGED = {"backend": "python", "reviews": "node", "py39": "python"}
+
+
+def _add_py39(app: Path, ports: dict[str, int]) -> None:
+    """The Python 3.9 service, added to the bookshop copy's innerloop.yaml."""
+    root = subprocess.run(
+        [str(Path(__file__).resolve().parents[2] / "hack" / "python3.9")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    shutil.copytree(root, app / "py39" / "python", symlinks=True)
+    (app / "py39" / "app").mkdir()
+    (app / "py39" / "app" / "app.py").write_text(PY39_APP)
+    (app / "py39" / "Dockerfile").write_text(PY39_DOCKERFILE)
+    (app / "k8s" / "py39.yaml").write_text(PY39_MANIFEST)
+    config = yaml.safe_load((app / "innerloop.yaml").read_text())
+    ports["py39"] = free_port()
+    config["services"]["py39"] = {
+        "manifests": {"files": ["k8s/py39.yaml"]},
+        "image": {"name": "debug-py39", "context": "py39"},
+        "sync": [{"local": "py39/app/", "remote": "/app/"}],
+        "ports": [{"remote": 8080, "local": ports["py39"]}],
+    }
+    (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 @dataclass
 class Debugging:
     app: Path
@@ -124,7 +200,7 @@ class Debugging:
 
 @pytest.fixture(scope="module")
 def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Debugging]:
-    """One `innerloop debug backend reviews` for the module (reviews' dependsOn inventory dropped)."""
+    """One `innerloop debug backend reviews py39` for the module (reviews' dependsOn inventory dropped)."""
     info = bundled_cluster.info()
     assert info is not None, "bundled cluster is not ready"
     kube = Kube(kubectl_bin=info.kubectl, kubeconfig=info.kubeconfig, images=info.images)
@@ -133,15 +209,16 @@ def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPath
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     tmp = tmp_path_factory.mktemp("debug")
     app, ports = copy_bookshop(tmp / "bookshop", only=["backend", "reviews"])
+    _add_py39(app, ports)
     cli = innerloop_command()
     log = tmp / "debug.log"
-    proc = _start(cli, app, log, "debug", "backend", "reviews", "-n", namespace, "--no-color")
+    proc = _start(cli, app, log, "debug", *DEBUGGED, "-n", namespace, "--no-color")
     try:
         debuggers = {
             name: int(_logged(proc, log, rf"{name}: debugger \({language}\) on 127\.0\.0\.1:(\d+)").group(1))
-            for name, language in (("backend", "python"), ("reviews", "node"))
+            for name, language in DEBUGGED.items()
         }
-        eventually(lambda: log.read_text().count("in sync") >= 2, timeout_s=120)
+        eventually(lambda: log.read_text().count("in sync") >= len(DEBUGGED), timeout_s=120)
         for name in ports:
             eventually(lambda name=name: _get(ports[name], "/healthz")[0] == 200, timeout_s=120)
         yield Debugging(app, namespace, ports, debuggers, proc, kube, cli, tmp)
@@ -152,7 +229,7 @@ def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPath
 
 def test_debugged_pods_stay_restricted_without_liveness_probes(debugging: Debugging) -> None:
     kube, namespace = debugging.kube, debugging.namespace
-    for service in ("backend", "reviews"):
+    for service in DEBUGGED:
         container = _container(kube, namespace, service)
         assert "livenessProbe" not in container and "readinessProbe" in container
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # type: ignore[index]
@@ -258,6 +335,37 @@ def test_node_breakpoint_through_debug(debugging: Debugging) -> None:
     asyncio.run(scenario())
 
 
+def test_python_3_9_breakpoint_through_debug(debugging: Debugging) -> None:
+    """The same debugpy copy under Debian 11's Python 3.9: stopped at a line, a local read, continued."""
+    app, ports, local = debugging.app, debugging.ports, debugging.debuggers["py39"]
+    source = app / "py39" / "app" / "app.py"
+    line = PY39_APP[: PY39_APP.index("        self.send_response(200)")].count("\n") + 1
+    [config] = [
+        c
+        for c in json5.loads((app / ".vscode" / "launch.json").read_text())["configurations"]
+        if c["name"] == "innerloop: py39"
+    ]
+    arguments = json.loads(json.dumps(config).replace("${workspaceFolder}", str(app)))
+    with attach_tree("127.0.0.1", local, arguments, {str(source): [line]}) as [session]:
+        answer: dict[str, object] = {}
+
+        def request() -> None:
+            answer["status"], answer["body"] = _get(ports["py39"], "/", {"x-innerloop-user": "dap-39"})
+
+        client = threading.Thread(target=request, daemon=True)
+        client.start()
+        event = session.event("stopped", timeout_s=30)
+        assert event["reason"] == "breakpoint"
+        frame, variables = session.locals_of_top_frame(int(event["threadId"]))
+        assert (frame["line"], Path(frame["source"]["path"])) == (line, source)
+        assert variables["visitor"] == "'dap-39'", variables
+        assert "status" not in answer  # held at the breakpoint
+        session.request("continue", {"threadId": event["threadId"]})
+        client.join(timeout=30)
+    assert answer.get("status") == 200, answer
+    assert answer["body"] == {"python": "3.9", "visitor": "dap-39"}
+
+
 def test_plain_up_afterwards_brings_the_probes_back(debugging: Debugging) -> None:
     """Last in the module: it ends the shared `innerloop debug`."""
     _stop(debugging.proc)
@@ -265,7 +373,7 @@ def test_plain_up_afterwards_brings_the_probes_back(debugging: Debugging) -> Non
     proc = _start(debugging.cli, debugging.app, log, "up", "-n", debugging.namespace, "--no-color")
     try:
         _logged(proc, log, r"in sync")
-        for service in ("backend", "reviews"):
+        for service in DEBUGGED:
             eventually(
                 lambda s=service: "livenessProbe" in _container(debugging.kube, debugging.namespace, s), timeout_s=60
             )

@@ -9,7 +9,9 @@ restricted Pod Security Standard. One test proves, in order:
   its place in innerloop.yaml, and deploys nothing;
 - with ``-s -w`` dropped (``-trimpath`` kept, so the binary's paths are
   module-relative), the pod is admitted as restricted with no capability
-  added (Delve traces its own child: no ``SYS_PTRACE``), Delve (static,
+  added (Delve traces its own child: no ``SYS_PTRACE``; the kernel shows
+  the binary as dlv's traced child, both with no capability, under the
+  RuntimeDefault seccomp filter and no_new_privs), Delve (static,
   from hack/delve) runs the binary, and `.vscode/launch.json` got
   "innerloop: inventory" aimed at the local forward with a
   ``substitutePath`` read from the binary's own line tables;
@@ -77,6 +79,30 @@ def _get(port: int, path: str) -> tuple[int, dict[str, object]]:
         return resp.status, json.load(resp)
 
 
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:  # gone meanwhile
+        return []
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return {}
+    return dict(e.split("=", 1) for e in entries if "=" in e)
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
 def _container(kube: Kube, namespace: str) -> dict[str, object]:
     [deployment] = kube.get_json("deployments", "-n", namespace)["items"]
     [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -133,6 +159,19 @@ def test_go_breakpoint_through_debug(kube: Kube, namespace: str, innerloop_cli: 
         assert isinstance(command, list)
         launched = command[command.index("--") + 1 :]  # what the agent runs: the binary as Delve's child
         assert launched[:2] == ["/.innerloop/tools/dlv/dlv", "exec"] and launched[-2:] == ["/inventory", "--"], launched
+
+        # The bundled cluster's containers are this machine's processes: the kernel's view of them.
+        [pod] = kube.get_json("pods", "-n", namespace, "-l", "app.kubernetes.io/name=inventory")["items"]
+        ours = [pid for pid in _pids() if _environ(pid).get("HOSTNAME") == pod["metadata"]["name"]]
+        [dlv] = [pid for pid in ours if _cmdline(pid)[:2] == ["/.innerloop/tools/dlv/dlv", "exec"]]
+        [child] = [pid for pid in ours if _cmdline(pid) == ["/inventory"]]
+        assert _status(child)["PPid"] == str(dlv)  # Delve launched the binary: it traces its own child
+        assert _status(child)["TracerPid"] == str(dlv)
+        for pid in (dlv, child):
+            status = _status(pid)
+            assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0, status  # no SYS_PTRACE
+            assert status["Seccomp"] == "2" and status["NoNewPrivs"] == "1", status  # RuntimeDefault's filter
+            assert status["Uid"].split()[0] == "65532", status
 
         launch = json5.loads((app / ".vscode" / "launch.json").read_text())
         [config] = [c for c in launch["configurations"] if c["name"] == "innerloop: inventory"]

@@ -1,11 +1,13 @@
 """`innerloop debug` on the bundled cluster, with real debug clients.
 
-One `innerloop debug backend reviews py39` (module-scoped) in a namespace
-that enforces the restricted Pod Security Standard: the bookshop's backend
-(Flask under gunicorn, two forked workers, on the official python:3.11-slim
-image) and py39 (a small app of the tests' own on Debian 11's Python 3.9
-over debian:bookworm-slim, hack/python3.9) under debugpy, driven by a Debug
-Adapter Protocol client (tests/e2e/dap.py); reviews (Express on
+One `innerloop debug backend reviews py39 py313` (module-scoped) in a
+namespace that enforces the restricted Pod Security Standard: the bookshop's
+backend (Flask under gunicorn, two forked workers, on the official
+python:3.11-slim image), py39 and py313 (a small app of the tests' own on
+Debian 11's Python 3.9 and Debian 13's Python 3.13, each a `FROM scratch`
+image of hack/debian-python's root filesystem: no shell, no pip) under
+debugpy, driven by a Debug Adapter Protocol client (tests/e2e/dap.py);
+reviews (Express on
 node:18-slim) under ``node --inspect``, driven by a Chrome DevTools Protocol
 client (tests/e2e/cdp.py: what VS Code's js-debug speaks to Node). It
 proves, in order:
@@ -23,8 +25,9 @@ proves, in order:
   breakpoint set by that URL at a line of the local reviews/src/server.js
   stops a real request in the Express handler, a local's value and an
   expression over the request are read there, resume, 200;
-- the same debugpy copy stops py39's handler under Python 3.9, reads a
-  local there, and the request completes with 200 (its body says 3.9);
+- the same debugpy copy stops py39's and py313's handler under Python 3.9
+  and 3.13, reads a local there, and the request completes with 200 (its
+  body says which Python answered);
 - a plain `innerloop up` afterwards brings the liveness probes back.
 
 And, on its own: a debug.local in use stops `innerloop debug` before anything
@@ -115,9 +118,10 @@ def _container(kube: Kube, namespace: str, service: str | None = None) -> dict[s
     return container
 
 
-# A service of the tests' own on Debian 11's Python 3.9 (hack/python3.9 over debian:bookworm-slim, no pip,
-# no shell needed), beside the bookshop's 3.11: debugpy's one pure-Python copy serves both interpreters.
-PY39_APP = """\
+# A service of the tests' own on Debian's Python 3.9 and 3.13 (hack/debian-python: a whole root filesystem,
+# no shell, no pip), beside the bookshop's 3.11: debugpy's one pure-Python copy serves every interpreter.
+PYTHONS = {"py39": "3.9", "py313": "3.13"}
+TINY_APP = """\
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -135,54 +139,57 @@ class Handler(BaseHTTPRequestHandler):
 
 HTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
 """
-PY39_DOCKERFILE = """\
-FROM debian:bookworm-slim
-COPY python/ /
+TINY_DOCKERFILE = """\
+FROM scratch
+COPY root/ /
 COPY app/ /app/
 USER 1000:1000
-CMD ["/usr/bin/python3.9", "/app/app.py"]
+CMD ["/usr/bin/python{version}", "/app/app.py"]
 """
-PY39_MANIFEST = """\
+TINY_MANIFEST = """\
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: py39, labels: {app.kubernetes.io/name: py39}}
+metadata: {{name: {name}, labels: {{app.kubernetes.io/name: {name}}}}}
 spec:
-  selector: {matchLabels: {app.kubernetes.io/name: py39}}
+  selector: {{matchLabels: {{app.kubernetes.io/name: {name}}}}}
   template:
-    metadata: {labels: {app.kubernetes.io/name: py39}}
+    metadata: {{labels: {{app.kubernetes.io/name: {name}}}}}
     spec:
       automountServiceAccountToken: false
-      securityContext: {runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: {type: RuntimeDefault}}
+      securityContext:
+        {{runAsNonRoot: true, runAsUser: 1000, runAsGroup: 1000, seccompProfile: {{type: RuntimeDefault}}}}
       containers:
-      - name: py39
-        image: debug-py39
+      - name: {name}
+        image: debug-{name}
         imagePullPolicy: IfNotPresent
-        ports: [{name: http, containerPort: 8080}]
-        securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
-        readinessProbe: {tcpSocket: {port: http}, periodSeconds: 2}
-        livenessProbe: {tcpSocket: {port: http}, periodSeconds: 10}
+        ports: [{{name: http, containerPort: 8080}}]
+        securityContext:
+          {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
+        readinessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 2}}
+        livenessProbe: {{tcpSocket: {{port: http}}, periodSeconds: 10}}
 """
-DEBUGGED = {"backend": "python", "reviews": "node", "py39": "python"}
+DEBUGGED = {"backend": "python", "reviews": "node", **dict.fromkeys(PYTHONS, "python")}
 
 
-def _add_py39(app: Path, ports: dict[str, int]) -> None:
-    """The Python 3.9 service, added to the bookshop copy's innerloop.yaml."""
-    root = subprocess.run(
-        [str(Path(__file__).resolve().parents[2] / "hack" / "python3.9")], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    shutil.copytree(root, app / "py39" / "python", symlinks=True)
-    (app / "py39" / "app").mkdir()
-    (app / "py39" / "app" / "app.py").write_text(PY39_APP)
-    (app / "py39" / "Dockerfile").write_text(PY39_DOCKERFILE)
-    (app / "k8s" / "py39.yaml").write_text(PY39_MANIFEST)
+def _add_pythons(app: Path, ports: dict[str, int]) -> None:
+    """The tiny app on each of PYTHONS, added to the bookshop copy's innerloop.yaml."""
     config = yaml.safe_load((app / "innerloop.yaml").read_text())
-    ports["py39"] = free_port()
-    config["services"]["py39"] = {
-        "manifests": {"files": ["k8s/py39.yaml"]},
-        "image": {"name": "debug-py39", "context": "py39"},
-        "sync": [{"local": "py39/app/", "remote": "/app/"}],
-        "ports": [{"remote": 8080, "local": ports["py39"]}],
-    }
+    for name, version in PYTHONS.items():
+        hack = Path(__file__).resolve().parents[2] / "hack" / "debian-python"
+        root = subprocess.run([str(hack), version], capture_output=True, text=True, check=True).stdout.strip()
+        shutil.copytree(root, app / name / "root", symlinks=True)
+        (app / name / "app").mkdir()
+        (app / name / "app" / "app.py").write_text(TINY_APP)
+        (app / name / "Dockerfile").write_text(TINY_DOCKERFILE.format(version=version))
+        (app / "k8s" / f"{name}.yaml").write_text(TINY_MANIFEST.format(name=name))
+        ports[name] = free_port()
+        config["services"][name] = {
+            "manifests": {"files": [f"k8s/{name}.yaml"]},
+            # buildah: innerloop's built-in builder does not take FROM scratch (it looks for an image named scratch).
+            "image": {"name": f"debug-{name}", "context": name, "builder": "buildah"},
+            "sync": [{"local": f"{name}/app/", "remote": "/app/"}],
+            "ports": [{"remote": 8080, "local": ports[name]}],
+        }
     (app / "innerloop.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
@@ -200,7 +207,7 @@ class Debugging:
 
 @pytest.fixture(scope="module")
 def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Debugging]:
-    """One `innerloop debug backend reviews py39` for the module (reviews' dependsOn inventory dropped)."""
+    """One `innerloop debug backend reviews py39 py313` for the module (reviews' dependsOn inventory dropped)."""
     info = bundled_cluster.info()
     assert info is not None, "bundled cluster is not ready"
     kube = Kube(kubectl_bin=info.kubectl, kubeconfig=info.kubeconfig, images=info.images)
@@ -209,7 +216,7 @@ def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPath
     kube.run("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     tmp = tmp_path_factory.mktemp("debug")
     app, ports = copy_bookshop(tmp / "bookshop", only=["backend", "reviews"])
-    _add_py39(app, ports)
+    _add_pythons(app, ports)
     cli = innerloop_command()
     log = tmp / "debug.log"
     proc = _start(cli, app, log, "debug", *DEBUGGED, "-n", namespace, "--no-color")
@@ -335,22 +342,23 @@ def test_node_breakpoint_through_debug(debugging: Debugging) -> None:
     asyncio.run(scenario())
 
 
-def test_python_3_9_breakpoint_through_debug(debugging: Debugging) -> None:
-    """The same debugpy copy under Debian 11's Python 3.9: stopped at a line, a local read, continued."""
-    app, ports, local = debugging.app, debugging.ports, debugging.debuggers["py39"]
-    source = app / "py39" / "app" / "app.py"
-    line = PY39_APP[: PY39_APP.index("        self.send_response(200)")].count("\n") + 1
+@pytest.mark.parametrize("name", PYTHONS)
+def test_other_pythons_breakpoint_through_debug(debugging: Debugging, name: str) -> None:
+    """The same debugpy copy under Debian's Python 3.9 and 3.13: stopped at a line, a local read, continued."""
+    app, ports, local = debugging.app, debugging.ports, debugging.debuggers[name]
+    source = app / name / "app" / "app.py"
+    line = TINY_APP[: TINY_APP.index("        self.send_response(200)")].count("\n") + 1
     [config] = [
         c
         for c in json5.loads((app / ".vscode" / "launch.json").read_text())["configurations"]
-        if c["name"] == "innerloop: py39"
+        if c["name"] == f"innerloop: {name}"
     ]
     arguments = json.loads(json.dumps(config).replace("${workspaceFolder}", str(app)))
     with attach_tree("127.0.0.1", local, arguments, {str(source): [line]}) as [session]:
         answer: dict[str, object] = {}
 
         def request() -> None:
-            answer["status"], answer["body"] = _get(ports["py39"], "/", {"x-innerloop-user": "dap-39"})
+            answer["status"], answer["body"] = _get(ports[name], "/", {"x-innerloop-user": f"dap-{name}"})
 
         client = threading.Thread(target=request, daemon=True)
         client.start()
@@ -358,12 +366,12 @@ def test_python_3_9_breakpoint_through_debug(debugging: Debugging) -> None:
         assert event["reason"] == "breakpoint"
         frame, variables = session.locals_of_top_frame(int(event["threadId"]))
         assert (frame["line"], Path(frame["source"]["path"])) == (line, source)
-        assert variables["visitor"] == "'dap-39'", variables
+        assert variables["visitor"] == f"'dap-{name}'", variables
         assert "status" not in answer  # held at the breakpoint
         session.request("continue", {"threadId": event["threadId"]})
         client.join(timeout=30)
     assert answer.get("status") == 200, answer
-    assert answer["body"] == {"python": "3.9", "visitor": "dap-39"}
+    assert answer["body"] == {"python": PYTHONS[name], "visitor": f"dap-{name}"}
 
 
 def test_plain_up_afterwards_brings_the_probes_back(debugging: Debugging) -> None:

@@ -45,6 +45,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -292,6 +293,7 @@ def test_python_breakpoint_through_debug(debugging: Debugging) -> None:
         assert capabilities.get("supportsConfigurationDoneRequest") is True
     finally:
         again.close()
+    source.write_text(text)  # as built: the plain `up` at the end finds the image by its input hash
 
 
 def test_node_breakpoint_through_debug(debugging: Debugging) -> None:
@@ -339,7 +341,39 @@ def test_node_breakpoint_through_debug(debugging: Debugging) -> None:
                 body = await resp.json()
             assert body["service"] == "reviews" and body["via"][0]["service"] == "inventory"
 
+    [before] = _inspector_targets(local)
     asyncio.run(scenario())
+
+    # A sync restarts node under its inspector: a new target on the same port (launch.json's restart re-attaches).
+    source.write_text(text.replace('"hello from reviews"', '"hello from a debugged sync"'))
+    eventually(lambda: _get(debugging.ports["reviews"], "/reviews")[1]["greeting"] == "hello from a debugged sync")
+    [after] = eventually(lambda: [t for t in _inspector_targets(local) if t["id"] != before["id"]], timeout_s=30)
+    assert after["url"] == url
+    source.write_text(text)  # as built: the plain `up` at the end finds the image by its input hash
+
+
+def _inspector_targets(port: int) -> list[dict[str, str]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as resp:
+        targets: list[dict[str, str]] = json.load(resp)
+        return targets
+
+
+def test_run_on_a_debugged_pod_gets_the_apps_context_not_the_debuggers(debugging: Debugging) -> None:
+    """`innerloop run` borrowing the debugged backend's context: no debugpy variables, no debug record."""
+    out = debugging.tmp / "run-env.json"
+    dump = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
+    local = {k: v for k, v in os.environ.items() if not k.startswith(("PYDEVD_", "PYTHON"))}
+    done = subprocess.run(
+        [*debugging.cli, "run", "-n", debugging.namespace, "-l", "app.kubernetes.io/name=backend", "--",
+         os.path.realpath(sys.executable), "-c", dump, str(out)],
+        cwd=debugging.tmp, env=local, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    env = json.loads(out.read_text())
+    assert env["REVIEWS_URL"] == "http://reviews:8080", env  # the app's own variable, from k8s/backend.yaml
+    assert not [k for k in env if k.startswith("PYDEVD_") or k == "INNERLOOP_DEBUG_ORIGINAL"], env
+    assert "PYTHONDONTWRITEBYTECODE" not in env  # the debug launch's, not the app's
+    assert "PYDEVD" not in done.stdout + done.stderr  # removed, not merely withheld with a note
 
 
 @pytest.mark.parametrize("name", PYTHONS)

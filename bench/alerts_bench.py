@@ -38,8 +38,8 @@ from e2e.kube import Kube
 from innerloop.alerts.pods import parse_time
 from innerloop.alerts.watcher import AlertWatcher, WatchedService
 from innerloop.cluster.node import BundledCluster
-from innerloop.engine.store import Store
 from innerloop.k8s.connection import ClusterConnection
+from innerloop.status.store import Store
 
 SERVICE = "cache"
 GROW = "import time; print('filling', flush=True); b = bytearray(200 * 1024 * 1024); time.sleep(60)"

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from innerloop.engine.store import Alert
+from innerloop.status.store import Alert
 
 WINDOW_S = 30.0
 KIND = "broken-by-sync"

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Sequence
 
 from innerloop.alerts.pods import DETAIL_LINES
-from innerloop.engine.store import Alert, TimelineEvent
+from innerloop.status.store import Alert, TimelineEvent
 
 KIND = "crashed"
 

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from innerloop.engine.store import Alert
+from innerloop.status.store import Alert
 
 MAX_BLOCK_LINES = 60  # a runaway dump is cut; the summary line is what matters
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from innerloop.engine.store import Alert
+from innerloop.status.store import Alert
 
 NOT_READY_S = 10.0  # a running container whose readiness probe fails this long is an alert (not a slow start)
 CRASH_HOLD_S = 15.0  # a crash stays raised this long after the container runs again, so a quick restart is seen

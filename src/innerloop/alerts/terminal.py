@@ -19,7 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Mapping
 
-from innerloop.engine.store import Alert, Store
+from innerloop.status.store import Alert, Store
 
 BOLD_RED = "\x1b[1;31m"
 GREEN = "\x1b[32m"

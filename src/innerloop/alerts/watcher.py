@@ -38,11 +38,9 @@ from innerloop.alerts.cross import SyncBlame
 from innerloop.alerts.exits import exit_alert
 from innerloop.alerts.logs import ErrorScanner, app_error_alert, app_error_key
 from innerloop.alerts.pods import ProbeFailure, blocking, pod_alerts, probe_failure, rollout_alerts
-from innerloop.config import Project
-from innerloop.engine.plan import ServicePlan
-from innerloop.engine.store import Alert, Change, Store, TimelineEvent
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.k8s.watching import REFUSALS, watch_pods
+from innerloop.status.store import Alert, Change, Store, TimelineEvent
 
 TICK_S = 0.25
 BLOCK_QUIET_S = 0.3  # an open error block (a stack trace) ends after this long without a line
@@ -359,22 +357,3 @@ async def wait_unless_stuck(
             waiting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
-
-
-def watched_services(project: Project, plans: Mapping[str, ServicePlan]) -> list[WatchedService]:
-    """The watcher's view of `up`'s plans (``ServicePlan``) and config (``Project``)."""
-    found: list[WatchedService] = []
-    for name, plan in plans.items():
-        alerts = project.services[name].alerts
-        found.append(
-            WatchedService(
-                name=name,
-                selector=dict(plan.selector),
-                workload_kind=plan.workload_kind,
-                workload_name=plan.workload_name,
-                errors=tuple(alerts.errors),
-                ignore=tuple(alerts.ignore),
-                builtin=alerts.builtin,
-            )
-        )
-    return found

@@ -23,13 +23,13 @@ from innerloop.delivery import DeliveryError
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
 from innerloop.deploy.render import ManifestError
-from innerloop.engine.api import AlreadyRunning, socket_path
 from innerloop.engine.plan import PlanError
 from innerloop.engine.target import UpError, connect
 from innerloop.engine.up import DevLoop, down
 from innerloop.forward.forward import ForwardError
 from innerloop.k8s.connection import ClusterUnreachable
 from innerloop.logs.lines import LogLine, color_index, format_line
+from innerloop.status.api import AlreadyRunning, socket_path
 from innerloop.sync.watcher import WatchError
 
 USER_ERRORS = (

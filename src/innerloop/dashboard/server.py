@@ -2,7 +2,7 @@
 
 `innerloop up` serves it on 127.0.0.1 (port 10351, the next free one when that
 is taken; ``--dashboard-port``, ``--no-dashboard``). It has no state of its
-own: the local API (:func:`innerloop.engine.api.make_app`) is mounted under
+own: the local API (:func:`innerloop.status.api.make_app`) is mounted under
 ``/api``, so the page reads and acts on exactly what ``innerloop status``
 reads and acts on, and ``/events`` streams the same store as server-sent
 events. ``/events`` exists beside ``/api/v1/feed`` for one reason: its first
@@ -33,9 +33,9 @@ from typing import Any
 from aiohttp import web
 
 from innerloop.dashboard.access import Seen, cookie_name, decide
-from innerloop.engine import api
-from innerloop.engine.store import Change, Store
 from innerloop.forward.local_port import port_holder
+from innerloop.status import api
+from innerloop.status.store import Change, Store
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_PORT = 10351  # Tilt's is 10350

@@ -26,7 +26,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace
 
 from innerloop.alerts.terminal import attach as attach_alerts
-from innerloop.alerts.watcher import AlertWatcher, wait_unless_stuck, watched_services
+from innerloop.alerts.watcher import AlertWatcher, WatchedService, wait_unless_stuck
 from innerloop.builders.agent_image import AgentImageError, AgentPlan, ToolEntries, build_agent
 from innerloop.config import ConfigError, Problem, Project, load_config, locate_problems
 from innerloop.config import PortForward as PortConfig  # the name PortForward is the forward itself
@@ -40,7 +40,6 @@ from innerloop.debug.services import bind_debug_port, debug_port_in_use, debug_s
 from innerloop.debug.tools import tool_entries
 from innerloop.deploy.apply import DeployError, DownResult, apply_all, project_keys, restore_all, wait_rollout
 from innerloop.deploy.devmode import DevModeError
-from innerloop.engine.api import project_lock, serve
 from innerloop.engine.plan import (
     BuiltImageInfo,
     PlanError,
@@ -51,7 +50,6 @@ from innerloop.engine.plan import (
     start_order,
 )
 from innerloop.engine.sources import build_service_image, read_manifests
-from innerloop.engine.store import ActionError, Store
 from innerloop.engine.target import Target, UpError
 from innerloop.engine.tokens import session_tokens
 from innerloop.forward.forward import ForwardError, ForwardEvent, PortForward
@@ -59,6 +57,8 @@ from innerloop.forward.local_port import port_in_use
 from innerloop.logs.follower import LogFollower
 from innerloop.logs.lines import LogLine, color_index, format_line
 from innerloop.protocol.client import AgentError
+from innerloop.status.api import project_lock, serve
+from innerloop.status.store import ActionError, Store
 from innerloop.sync.session import SyncSession
 
 Report = Callable[[str], None]
@@ -411,10 +411,28 @@ class DevLoop:
                 ready.set()
             self.report("watching for changes (Ctrl+C to stop)")
 
+    def _watched(self) -> list[WatchedService]:
+        """The alert watcher's view of each service: its pods, its workload, its log patterns."""
+        found: list[WatchedService] = []
+        for name, plan in self.plans.items():
+            alerts = self.project.services[name].alerts
+            found.append(
+                WatchedService(
+                    name=name,
+                    selector=dict(plan.selector),
+                    workload_kind=plan.workload_kind,
+                    workload_name=plan.workload_name,
+                    errors=tuple(alerts.errors),
+                    ignore=tuple(alerts.ignore),
+                    builtin=alerts.builtin,
+                )
+            )
+        return found
+
     async def _watch_alerts(self) -> None:
         """Alerts raised and cleared in the store, printed apart from the logs (and on the desktop)."""
         desktop = attach_alerts(self.store, echo=self.print_log, color=self.color)
-        services = watched_services(self.project, self.plans)
+        services = self._watched()
         try:
             await AlertWatcher(
                 conn=self.target.conn, namespace=self.namespace, store=self.store, services=services, report=self.report

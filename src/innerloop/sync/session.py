@@ -57,7 +57,7 @@ from innerloop.sync.watcher import FileWatch, WatchRoot
 
 if TYPE_CHECKING:
     from innerloop.engine.plan import ServicePlan
-    from innerloop.engine.store import Store
+    from innerloop.status.store import Store
 
 Report = Callable[[str], None]
 PULL_INTERVAL_S = 0.5  # two-way roots: how often the container's tree is compared

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from innerloop.alerts.cross import SyncBlame
-from innerloop.engine.store import Alert
+from innerloop.status.store import Alert
 
 
 def _failure(service: str, at: float, kind: str = "app-error") -> Alert:

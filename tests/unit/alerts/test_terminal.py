@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from innerloop.alerts.terminal import Desktop, alert_lines, attach, desktop_available
-from innerloop.engine.store import Alert, Store
+from innerloop.status.store import Alert, Store
 
 
 def _alert() -> Alert:

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 from innerloop.alerts.pods import parse_time
 from innerloop.alerts.watcher import AlertWatcher, WatchedService
-from innerloop.engine.store import Alert, Store
 from innerloop.k8s.connection import ClusterConnection
+from innerloop.status.store import Alert, Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from innerloop.cli.main import cli
-from innerloop.engine.api import serve
-from innerloop.engine.store import Alert, Store
+from innerloop.status.api import serve
+from innerloop.status.store import Alert, Store
 
 
 @pytest.fixture

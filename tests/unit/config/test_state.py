@@ -9,7 +9,7 @@ import pytest
 
 from innerloop.cli.schema import write_project_schema
 from innerloop.config.state import STATE_GITIGNORE, StateError, state_dir
-from innerloop.engine.api import project_lock
+from innerloop.status.api import project_lock
 
 
 def test_the_folder_is_owner_only_and_ignores_everything_but_the_schema_copy(tmp_path: Path) -> None:

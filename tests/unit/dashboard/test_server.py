@@ -13,7 +13,7 @@ import pytest
 
 from innerloop.dashboard import DEFAULT_PORT, Dashboard, DashboardError, Listen, listen, serve
 from innerloop.dashboard.access import cookie_name
-from innerloop.engine.store import Store
+from innerloop.status.store import Store
 
 Body = Callable[[Dashboard, Store, aiohttp.ClientSession, list[str]], Awaitable[None]]
 

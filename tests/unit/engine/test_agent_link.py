@@ -23,10 +23,10 @@ from innerloop.agent.supervisor import ChildReaper, Supervisor
 from innerloop.config import Service
 from innerloop.deploy.devmode import DevMode, apply_dev_mode
 from innerloop.engine.plan import ServicePlan
-from innerloop.engine.store import Store
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.k8s.streams import PortForwardByteStream
 from innerloop.protocol.transport import connect_tcp
+from innerloop.status.store import Store
 from innerloop.sync.session import Replica, SyncSession
 
 WORKLOAD: dict[str, Any] = {

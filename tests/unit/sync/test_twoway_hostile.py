@@ -26,11 +26,11 @@ from innerloop.agent import server as agent_server
 from innerloop.agent.supervisor import ChildReaper, Supervisor
 from innerloop.config import Service
 from innerloop.engine.plan import ServicePlan
-from innerloop.engine.store import Store
 from innerloop.k8s.connection import ClusterConnection
 from innerloop.protocol.client import AgentClient
 from innerloop.protocol.messages import FileData, FileRead, Message, Tree, TreeRequest
 from innerloop.protocol.transport import memory_pipe
+from innerloop.status.store import Store
 from innerloop.sync.contained import LocalRoot, UnsafePath, local_mode, relative_parts
 from innerloop.sync.session import Replica, SyncSession
 from innerloop.sync.twoway import HomeSide, conflict_name

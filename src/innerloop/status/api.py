@@ -30,7 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from innerloop.config.state import StateError, state_dir
-from innerloop.engine.store import ActionError, LogEntry, Store
+from innerloop.status.store import ActionError, LogEntry, Store
 
 STATE_DIR = ".innerloop"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import aiohttp
 
-from innerloop.engine.api import serve
-from innerloop.engine.store import Alert, Store
+from innerloop.status.api import serve
+from innerloop.status.store import Alert, Store
 
 
 def _client(sock: Path) -> aiohttp.ClientSession:

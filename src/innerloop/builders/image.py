@@ -45,6 +45,9 @@ BaseResolver = Callable[[str], Path]
 _GLOB = frozenset("*?[")
 
 
+SCRATCH = "scratch"
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Base:
     layers: list[bytes]
@@ -300,11 +303,17 @@ class BuiltinBuilder:
 
     def build(self, request: BuildRequest, report: Report) -> BuiltImage:
         recipe = self.recipe(request)
-        planned = planned_image(self.name, request, extra=[self._bases.identity(recipe.base)])
+        empty = recipe.base == SCRATCH  # Docker's empty base: no layers, no config, nothing to fetch
+        identity = SCRATCH if empty else self._bases.identity(recipe.base)
+        planned = planned_image(self.name, request, extra=[identity])
         if planned.archive.exists():
             return planned
         where = f"{shown_path(request.dockerfile)}:{recipe.base_line}"
-        base = read_archive(self._bases.resolve(recipe.base, platform=request.platform, report=report, where=where))
+        base = (
+            _Base(layers=[], config={}, os=DEFAULT_PLATFORM.split("/")[0], architecture=DEFAULT_PLATFORM.split("/")[1])
+            if empty
+            else read_archive(self._bases.resolve(recipe.base, platform=request.platform, report=report, where=where))
+        )
         if f"{base.os}/{base.architecture}" != DEFAULT_PLATFORM:
             raise Unsupported(where, f"a {base.os}/{base.architecture} base (it writes {DEFAULT_PLATFORM})")
         files = BaseFiles.of(base.layers)

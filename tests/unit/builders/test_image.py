@@ -416,3 +416,17 @@ class _Bases:
 
     def resolve(self, ref: str, **_kwargs: object) -> Path:
         return self.archive
+
+
+def test_from_scratch_is_the_empty_base_and_nothing_is_fetched(builder: Builder) -> None:
+    """`FROM scratch` + a static binary, as Go services ship: one layer, no base asked for (it was fetched
+    as an image named `scratch` and failed with "manifest unknown")."""
+    (builder.context / "app.py").write_text("a static binary stands here\n")
+    image = builder.build('FROM scratch\nCOPY app.py /server\nUSER 65532\nENTRYPOINT ["/server"]\n')
+    assert builder.resolved == []
+    base = read_archive(image.archive)
+    assert len(base.layers) == 1
+    assert base.config["Entrypoint"] == ["/server"]
+    assert base.config["User"] == "65532"
+    with tarfile.open(fileobj=io.BytesIO(base.layers[0])) as layer:
+        assert "server" in layer.getnames()

@@ -45,6 +45,9 @@ from innerloop.status.store import Alert, Change, Store, TimelineEvent
 TICK_S = 0.25
 BLOCK_QUIET_S = 0.3  # an open error block (a stack trace) ends after this long without a line
 CRASH_LINES_WAIT_S = 0.5  # a dev-mode crash waits this long for its last lines to arrive
+# A new app error waits this long before it is raised: when the process exits with it (a traceback,
+# then the crash), the one crash alert carries the lines, rather than two alerts for one cause.
+ERROR_HOLD_S = 0.6
 QUIET_S = 120.0  # an app error clears after this long without another (or at the next sync)
 STUCK_NOT_READY_S = 30.0  # how long `up` waits on a failing readiness probe before it goes on
 CLEARING_EVENTS = frozenset({"synced", "restarted"})
@@ -102,6 +105,7 @@ class AlertWatcher:
         self.probes: dict[str, dict[tuple[str, str], ProbeFailure]] = {}  # pod -> (container, probe) -> latest
         self.blame = SyncBlame()
         self.pending_exits: list[tuple[float, TimelineEvent]] = []
+        self.pending_errors: dict[tuple[str, str], tuple[float, Alert]] = {}  # (service, pod) -> (due, alert)
         self.events_listed = False  # the Unhealthy events were read once (or refused)
 
     # -- raising and clearing (every alert goes through here, for the cross-service rule) --
@@ -172,7 +176,7 @@ class AlertWatcher:
         if current is not None:
             self.store.raise_alert(alert)  # counted, and its lines updated
             return
-        self._raise(alert)
+        self.pending_errors.setdefault((service, pod), (at + ERROR_HOLD_S, alert))
 
     def on_event(self, event: TimelineEvent) -> None:
         if event.service not in self.services:
@@ -181,11 +185,15 @@ class AlertWatcher:
             for key in self.blame.synced(event.service, event.at):
                 self._clear(key, f"{event.service} was synced again")
             self._clear(app_error_key(event.service), f"{event.kind} since")
+            for where in [w for w in self.pending_errors if w[0] == event.service]:
+                del self.pending_errors[where]  # an error from before the sync: the sync is what counts now
         if event.kind in ("restarted", "started"):
             for alert in self.store.active_alerts(event.service):
                 if alert.kind == "crashed" and alert.key.endswith("/process"):
                     self._clear(alert.key, "the app started again")
         elif event.kind == "exited":
+            if event.exit_code:  # the crash alert will carry the error's lines: one alert for one cause
+                self.pending_errors.pop((event.service, event.pod), None)
             self.pending_exits.append((time.monotonic() + CRASH_LINES_WAIT_S, event))
 
     def tick(self, now: float | None = None) -> None:
@@ -198,6 +206,10 @@ class AlertWatcher:
             alert = exit_alert(event, last_lines=self._last_lines(event.service, event.pod))
             if alert is not None:
                 self._raise(alert)
+        for where, (due_at, held) in list(self.pending_errors.items()):
+            if due_at <= now:
+                del self.pending_errors[where]
+                self._raise(held)
         for name, svc in self.services.items():
             for pod, stream in svc.streams.items():
                 if stream.scanner.pending and now - stream.last_line >= BLOCK_QUIET_S:

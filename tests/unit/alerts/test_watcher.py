@@ -56,9 +56,11 @@ def test_a_traceback_in_the_logs_raises_and_the_next_sync_clears_it() -> None:
     now = time.time()
     for line in ["Traceback (most recent call last):", '  File "/app/app.py", line 3', "KeyError: 'x'"]:
         watcher.on_log("orders", "orders-1", line, now)
+    assert _active(store) == []  # held a moment: does the process exit with it?
+    watcher.tick(now + 1)
     assert _active(store) == [("orders", "app-error")]
-    watcher.on_log("orders", "orders-1", "ERROR again", now)
-    watcher.tick(now + 1)  # the quiet moment ends the open error line
+    watcher.on_log("orders", "orders-1", "ERROR again", now + 1)
+    watcher.tick(now + 2)  # the quiet moment ends the open error line
     assert store.alerts["app-error/orders"].count == 2
     watcher.on_event(store.record("orders", "synced", "1 file"))
     assert _active(store) == []
@@ -68,7 +70,8 @@ def test_an_app_error_clears_after_the_quiet_period() -> None:
     watcher, store = _watcher("orders")
     now = time.time()
     watcher.on_log("orders", "orders-1", "level=error msg=boom", now)
-    watcher.tick(now + 1)
+    watcher.tick(now + 1)  # the line's block ends
+    watcher.tick(now + 2)  # and its hold
     assert _active(store) == [("orders", "app-error")]
     watcher.tick(now + 59)
     assert _active(store) == [("orders", "app-error")]
@@ -106,6 +109,7 @@ def test_a_failure_after_another_services_sync_raises_one_blame_that_clears_with
     now = time.time()
     for line in ["Traceback (most recent call last):", '  File "/app/web.py", line 9', "KeyError: 'title'"]:
         watcher.on_log("web", "web-1", line, now)
+    watcher.tick(now + 1)
     assert _active(store) == [("web", "app-error"), ("web", "broken-by-sync")]
     blame = store.alerts["broken-by-sync/web"]
     assert blame.cause.startswith("after your last sync of api (")
@@ -132,3 +136,18 @@ def test_readiness_alert_raised_with_time_and_cleared_when_ready() -> None:
     watcher.judge("payments", now=started + 31)
     assert _active(store) == []
     assert isinstance(store.cleared[-1], Alert)
+
+
+def test_a_traceback_the_process_exits_with_is_one_crash_alert_carrying_it() -> None:
+    """One cause, one alert: the crash's details hold the traceback, no second app-error alert for it."""
+    watcher, store = _watcher("api")
+    now = time.time()
+    for line in ["Traceback (most recent call last):", '  File "/app/app.py", line 54', "RuntimeError: no PRICES"]:
+        store.log("api", "api-1", line)
+        watcher.on_log("api", "api-1", line, now)
+    watcher.on_event(store.record("api", "exited", "exited with code 1", pod="api-1", exit_code=1))
+    watcher.pending_exits = [(0.0, e) for _, e in watcher.pending_exits]
+    watcher.tick(now + 1)
+    (alert,) = store.active_alerts()
+    assert alert.kind == "crashed"
+    assert alert.details[-1] == "RuntimeError: no PRICES"

@@ -21,7 +21,9 @@ from innerloop.cluster.node import BundledCluster
 
 from .bookshop import Up, copy_bookshop, running_up
 from .conftest import innerloop_command
+from .intercepts import LocalApp
 from .kube import Kube, eventually
+from .stopping import Cli
 
 # Stands in for `pip install -r requirements.txt` (the distroless image has no pip): records that it ran.
 STEP = "import pathlib; pathlib.Path('/app/step-ran.txt').write_text(pathlib.Path('/app/requirements.txt').read_text())"
@@ -170,6 +172,33 @@ def test_pause_resume_and_restart_through_the_local_api_and_the_timeline_says_wh
     status, refused = _api(up, "POST", "/v1/services/nope/restart")
     assert status == 409
     assert "no service 'nope'" in refused["error"]
+
+
+def test_an_intercept_of_a_service_shows_on_it_while_it_lasts(
+    shared_up: Up, innerloop_cli: list[str], tmp_path: Path
+) -> None:
+    """A teammate's (here: another terminal's) `innerloop intercept backend`: `up` shows the router on backend."""
+    up = shared_up
+    entry = "svc/backend through the intercept router"
+
+    def intercepts() -> list[str]:
+        shown: list[str] = json.loads(up.cli_run("status", "--json").stdout)["services"]["backend"]["intercepts"]
+        return shown
+
+    local = LocalApp("laptop")
+    argv = [*innerloop_cli, "intercept", "backend", "-n", up.namespace, "--global", "--to", str(local.port)]
+    cli = Cli.start(argv, cwd=tmp_path, env={"XDG_STATE_HOME": str(tmp_path / "state")})
+    try:
+        cli.wait_for("intercepting svc/backend")
+        eventually(lambda: intercepts() == [entry], timeout_s=60)
+        code, _ = cli.stop(signal.SIGINT, within=30)
+        assert code == 0, cli.output
+        eventually(lambda: intercepts() == [], timeout_s=120)  # the router restores backend, then goes
+        kinds = [e["kind"] for e in _api(up, "GET", "/v1/timeline?service=backend")[1]]
+        assert "intercepted" in kinds and "intercept ended" in kinds
+    finally:
+        cli.kill()
+        local.close()
 
 
 def test_sync_resumes_after_the_pod_is_deleted(up: Up, kube: Kube) -> None:

@@ -54,6 +54,8 @@ from innerloop.engine.target import Target, UpError
 from innerloop.engine.tokens import session_tokens
 from innerloop.forward.forward import ForwardError, ForwardEvent, PortForward
 from innerloop.forward.local_port import port_in_use
+from innerloop.intercept.plan import router_selector
+from innerloop.k8s.watching import watch_pods
 from innerloop.logs.follower import LogFollower
 from innerloop.logs.lines import LogLine, color_index, format_line
 from innerloop.protocol.client import AgentError
@@ -405,6 +407,8 @@ class DevLoop:
                     self.sessions[name] = session
                     tg.create_task(session.run(), name=f"sync-{name}")
                 tg.create_task(self._follow_logs(name, plan), name=f"logs-{name}")
+                for svc in sorted(_service_names(plan)):
+                    tg.create_task(self._watch_intercepts(name, svc), name=f"intercepts-{name}-{svc}")
                 tg.create_task(self._redeploy_on_changes(name), name=f"redeploy-{name}")
             await self._debug_forwards(tg)
             if ready is not None:
@@ -574,6 +578,26 @@ class DevLoop:
                 raise ActionError(f"{name}: redeploy failed: {err}") from None
         return f"{name}: redeployed"
 
+    async def _watch_intercepts(self, name: str, svc: str) -> None:
+        """Whether an intercept router serves Service ``svc`` of ``name`` (a teammate's `innerloop intercept`)."""
+        entry = f"svc/{svc} through the intercept router"
+        client = self.target.conn.client()
+        try:
+            async for snapshot in watch_pods(client, namespace=self.namespace, labels=router_selector(svc)):
+                routed = any(
+                    (p.status is not None and p.status.phase == "Running")
+                    and not (p.metadata is not None and p.metadata.deletionTimestamp)
+                    for p in snapshot.values()
+                )
+                shown = self.store.service(name).intercepts
+                if routed == (entry in shown):
+                    continue
+                others = [i for i in shown if i != entry]
+                self.store.update(name, intercepts=[*others, entry] if routed else others)
+                self.store.record(name, "intercepted" if routed else "intercept ended", entry)
+        finally:
+            await client.close()
+
     def _progress(self, service: str, message: str) -> None:
         self.report(f"{service}: {message}")
 
@@ -622,3 +646,12 @@ async def down(
         )
     finally:
         await client.close()
+
+
+def _service_names(plan: ServicePlan) -> set[str]:
+    """The Kubernetes Services a service applies (what `innerloop intercept` switches)."""
+    return {
+        str(doc["metadata"]["name"])
+        for doc in plan.docs
+        if doc.get("kind") == "Service" and (doc.get("metadata") or {}).get("name")
+    }

@@ -115,7 +115,8 @@ def free_port() -> int:
 def eventually(check: Any, *, timeout_s: float = 120, interval_s: float = 0.2) -> Any:
     """Call ``check`` until it returns a truthy value without raising; re-raise its last error at the end.
 
-    Errors retried: AssertionError, and OSError and HTTPException (a connection or server not ready yet).
+    Errors retried: AssertionError, and OSError, HTTPException and JSONDecodeError (a connection or server
+    not ready yet: a body cut short by a restarting process is not JSON).
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -123,7 +124,7 @@ def eventually(check: Any, *, timeout_s: float = 120, interval_s: float = 0.2) -
             result = check()
             if result:
                 return result
-        except (AssertionError, OSError, http.client.HTTPException):
+        except (AssertionError, OSError, http.client.HTTPException, json.JSONDecodeError):
             if time.monotonic() > deadline:
                 raise
         if time.monotonic() > deadline:

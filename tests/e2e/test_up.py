@@ -172,6 +172,14 @@ def test_pause_resume_and_restart_through_the_local_api_and_the_timeline_says_wh
     status, refused = _api(up, "POST", "/v1/services/nope/restart")
     assert status == 409
     assert "no service 'nope'" in refused["error"]
+    # Rebuild and redeploy on request (the dashboard's button): unchanged sources find their image by hash.
+    assert _api(up, "POST", "/v1/services/api/rebuild") == (200, {"message": "api: redeployed"})
+    kinds = [e["kind"] for e in _api(up, "GET", "/v1/timeline?service=api")[1]]
+    rebuilt = kinds[len(kinds) - 1 - kinds[::-1].index("built") :]
+    assert rebuilt[:2] == ["built", "deployed"], kinds
+    assert kinds.count("built") == 2, kinds  # at start, and on request
+    up.logged("api: rebuilding and redeploying on request")
+    eventually(lambda: up.greeting() == "greeting: saved while paused")
 
 
 def test_an_intercept_of_a_service_shows_on_it_while_it_lasts(

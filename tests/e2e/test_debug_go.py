@@ -36,7 +36,7 @@ from pathlib import Path
 
 import json5
 
-from innerloop.debug.go import delve_binary
+from innerloop.debug.delve import delve_binary
 
 from .bookshop import copy_bookshop
 from .dap import DapClient

@@ -9,9 +9,9 @@ keeps restricted Pod Security: non-root, every capability dropped, no
 privilege escalation. Attaching to a running process (``dlv attach``) would
 need ``CAP_SYS_PTRACE``, which restricted forbids: that is why Delve launches.
 
-Delve is built by ``hack/delve`` (static, ``CGO_ENABLED=0``, so it runs on
-distroless static and scratch images) at :data:`DELVE_VERSION` and cached
-outside the clone; :func:`delve_binary` finds it for a node's architecture.
+Delve is built static (``CGO_ENABLED=0``, so it runs on distroless static and
+scratch images) at :data:`DELVE_VERSION` and cached: :mod:`innerloop.debug.delve`
+finds it for a node's architecture, or builds it once with the machine's Go.
 It listens headless on the pod's loopback, serving DAP and its JSON-RPC API
 on one port (``--accept-multiclient``): editors attach with
 ``{"request": "attach", "mode": "remote"}`` through the CLI's port-forward.
@@ -42,27 +42,11 @@ from elftools.dwarf.lineprogram import LineProgram
 from elftools.elf.elffile import ELFFile
 
 from innerloop.builders.image import read_config
-from innerloop.cluster.paths import ClusterPaths
 from innerloop.debug.languages import LOOPBACK, TOOLS_ROOT, DebugError, DebugLaunch, register, workspace_path
 
-DELVE_VERSION = "v1.27.2"  # hack/delve-module/go.mod pins the same (a unit test checks it)
 DLV = f"{TOOLS_ROOT}/dlv/dlv"
-ARCHITECTURES = ("amd64", "arm64")
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GO_VERSION = re.compile(r"\bgo(\d+\.\d+(?:\.\d+)?)")
-
-
-def delve_binary(arch: str) -> Path:
-    """The static dlv that ``hack/delve`` built for ``arch`` (a node's architecture), or a one-line error."""
-    if arch not in ARCHITECTURES:
-        raise DebugError(f"Delve is built for {' and '.join(ARCHITECTURES)} nodes, not {arch!r}")
-    path = ClusterPaths.from_env().bin_dir("dlv", DELVE_VERSION) / arch / "dlv"
-    if not path.is_file():
-        raise DebugError(
-            f"Delve {DELVE_VERSION} for {arch} is not built ({path} is missing): run `hack/delve {arch}` "
-            "in innerloop's source checkout (it builds dlv from the Go module proxy, a few minutes once)"
-        )
-    return path
 
 
 def go_launch(original: list[str], *, port: int, wait: bool, mappings: list[tuple[str, str]]) -> DebugLaunch:

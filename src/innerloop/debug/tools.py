@@ -9,7 +9,7 @@ one node architecture:
   carries (the version its tests ran: pinned in pyproject.toml), without its
   compiled speedups and attach helpers (each is built for one interpreter;
   ``--listen`` needs neither);
-- ``dlv``: Delve, a static binary, from :func:`innerloop.debug.go.delve_binary`.
+- ``dlv``: Delve, a static binary, from :func:`innerloop.debug.delve.delve_binary` (cached, or built once).
 
 The image holds a tool only when a service debugs with it, so a plain `up`
 keeps the small agent image.
@@ -17,11 +17,12 @@ keeps the small agent image.
 
 from __future__ import annotations
 
-import importlib
+import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from innerloop.builders.agent_image import IMAGE_ROOT, AgentImageError, library_root
+from innerloop.debug.delve import delve_binary
+from innerloop.debug.languages import DebugError
 from innerloop.oci.archive import FileEntry
 
 TOOLS_DIR = f"{IMAGE_ROOT}/tools"
@@ -45,12 +46,9 @@ def debugpy_entries(arch: str) -> list[FileEntry]:
 
 def dlv_entries(arch: str) -> list[FileEntry]:
     try:
-        go = importlib.import_module("innerloop.debug.go")
-    except ModuleNotFoundError:
-        raise AgentImageError(
-            "this innerloop has no Delve support (innerloop.debug.go): debug Go from a full install"
-        ) from None
-    binary: Path = go.delve_binary(arch)
+        binary = delve_binary(arch, report=lambda message: print(f"innerloop {message}", file=sys.stderr))
+    except DebugError as err:
+        raise AgentImageError(str(err)) from None  # one line from `up`, as the agent's own build errors
     return [FileEntry(path=f"{TOOLS_DIR}/dlv/dlv", data=binary.read_bytes(), mode=0o755)]
 
 

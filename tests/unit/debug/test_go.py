@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from innerloop.config import parse_config
-from innerloop.debug import go
+from innerloop.debug import delve, go
 from innerloop.debug.languages import DebugError, detect_language, launch_for
 from innerloop.engine.plan import BuiltImageInfo, PlanProblems, debug_launch
 from innerloop.oci.archive import ImageConfig, write_archive
@@ -89,21 +89,30 @@ def test_a_binary_built_from_a_go_module_is_go_even_among_more_python_files() ->
     assert not go.is_go(["/srv/app"], ["requirements.txt", "app.py"])
 
 
-def test_the_pinned_version_is_the_one_hack_delve_builds() -> None:
-    mod = (REPO / "hack/delve-module/go.mod").read_text()
-    assert re.search(rf"^require github.com/go-delve/delve {re.escape(go.DELVE_VERSION)}$", mod, re.M), mod
+def test_the_pinned_version_is_pinned_with_its_checksum() -> None:
+    """go.mod names the version; go.sum must hold its checksum, or a build would take whatever the proxy says."""
+    sums = (delve.MODULE / "go.sum").read_text()
+    assert f"github.com/go-delve/delve {delve.DELVE_VERSION} h1:" in sums
+    assert delve.DELVE_VERSION.startswith("v1.")
 
 
-def test_delve_is_found_in_the_cache_or_named_how_to_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path))
-    with pytest.raises(DebugError, match=r"Delve v\d+\.\d+\.\d+ for arm64 is not built .*run `hack/delve arm64`"):
-        go.delve_binary("arm64")
-    built = tmp_path / "bin" / f"dlv-{go.DELVE_VERSION}" / "arm64" / "dlv"
+def test_delve_is_found_in_a_cache_or_said_how_to_get_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INNERLOOP_CACHE", str(tmp_path / "machine"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-go-here"))
+    monkeypatch.setattr(delve, "_go", lambda: None)
+    with pytest.raises(DebugError, match=r"Delve v\d+\.\d+\.\d+ for arm64 is not built and Go is not installed"):
+        delve.delve_binary("arm64")
+    built = tmp_path / "user" / "innerloop" / "bin" / f"dlv-{delve.DELVE_VERSION}" / "arm64" / "dlv"
     built.parent.mkdir(parents=True)
     built.write_bytes(b"\x7fELF")
-    assert go.delve_binary("arm64") == built
+    assert delve.delve_binary("arm64") == built
+    machine = tmp_path / "machine" / "bin" / f"dlv-{delve.DELVE_VERSION}" / "arm64" / "dlv"
+    machine.parent.mkdir(parents=True)
+    machine.write_bytes(b"\x7fELF")
+    assert delve.delve_binary("arm64") == machine  # the machine's (CI's, hack/delve's) first
     with pytest.raises(DebugError, match="not 'riscv64'"):
-        go.delve_binary("riscv64")
+        delve.delve_binary("riscv64")
 
 
 # ---- what the binary says: real binaries from the machine's Go ----------------------------------------

@@ -7,8 +7,10 @@ import contextlib
 import functools
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import click
@@ -19,6 +21,7 @@ from innerloop.cli.stopping import run_until_signal
 from innerloop.cluster.progress import StepFailed
 from innerloop.config import ConfigError, find_config
 from innerloop.dashboard import DEFAULT_PORT, DashboardError, Listen
+from innerloop.debug.languages import DebugError
 from innerloop.delivery import DeliveryError
 from innerloop.deploy.apply import DeployError
 from innerloop.deploy.devmode import DevModeError
@@ -46,6 +49,7 @@ USER_ERRORS = (
     ForwardError,
     DeliveryError,
     DashboardError,
+    DebugError,
 )
 
 
@@ -76,19 +80,29 @@ def _doing(loop: DevLoop) -> str:
     return "innerloop up" + (f" ({phases})" if phases else "") + "; the app stays deployed"
 
 
-@click.command()
-@config_option
-@namespace_option
-@click.option("--no-color", is_flag=True, help="Plain log prefixes.")
-@default_repo_option
-@insecure_registry_option
-@click.option(
-    "--dashboard-port",
-    type=click.IntRange(0, 65535),
-    help=f"The web dashboard's port on 127.0.0.1 (default {DEFAULT_PORT}, or the next free one; 0: any free port).",
-)
-@click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard.")
-def up(  # noqa: PLR0917 - click passes options positionally
+def loop_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options `up` and `debug` share: config, namespace, colours, images, the dashboard."""
+    for option in reversed(
+        [
+            config_option,
+            namespace_option,
+            click.option("--no-color", is_flag=True, help="Plain log prefixes."),
+            default_repo_option,
+            insecure_registry_option,
+            click.option(
+                "--dashboard-port",
+                type=click.IntRange(0, 65535),
+                help=f"The web dashboard's port on 127.0.0.1 (default {DEFAULT_PORT}, or the next free one; "
+                "0: any free port).",
+            ),
+            click.option("--no-dashboard", is_flag=True, help="Do not serve the web dashboard."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def run_loop(  # noqa: PLR0917 - the shared options, as click gives them
     config_file: str | None,
     namespace: str | None,
     no_color: bool,
@@ -96,29 +110,48 @@ def up(  # noqa: PLR0917 - click passes options positionally
     insecure_registry: bool,
     dashboard_port: int | None,
     no_dashboard: bool,
+    *,
+    debug: list[str] | None = None,
 ) -> None:
-    """Build, deploy and develop: sync edits into running containers, forward ports, follow logs.
-
-    The web dashboard (services, logs, timeline, alerts, actions) is served on 127.0.0.1: open the
-    `dashboard:` URL it prints."""
+    """`up` (``debug`` None) or `debug` (the services named, ``[]`` for every one whose language is known)."""
     if no_dashboard and dashboard_port is not None:
         raise click.UsageError("--dashboard-port and --no-dashboard contradict each other: choose one")
     try:
-        path = _config(config_file)
         loop = DevLoop(
-            config_path=path,
+            config_path=_config(config_file),
             target=connect(report, default_repo=default_repo, insecure_registry=insecure_registry),
             namespace=namespace,
             report=report,
             color=not no_color and sys.stdout.isatty(),
             print_log=click.echo,
             dashboard=None if no_dashboard else Listen(port=dashboard_port),
+            debug=debug,
         )
+        if debug is not None:
+            if not loop.debugging:
+                raise DebugError(
+                    "no service's language is known: name the services (innerloop debug NAME) "
+                    "and set debug.language for them in innerloop.yaml"
+                )
+            report(f"debugging {', '.join(loop.debugging)}")
         run_until_signal(lambda _stopping: loop.run(), what=functools.partial(_doing, loop))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        report("stopped; the app stays deployed (`innerloop down` removes it)")
+        if debug is None:
+            report("stopped; the app stays deployed (`innerloop down` removes it)")
+        else:
+            report("stopped; the app stays deployed under its debuggers (`innerloop up` or `down` restores it)")
     except Exception as err:
         _fail(err)
+
+
+@click.command()
+@loop_options
+def up(**options: Any) -> None:  # noqa: ANN401 - the shared options (loop_options)
+    """Build, deploy and develop: sync edits into running containers, forward ports, follow logs.
+
+    The web dashboard (services, logs, timeline, alerts, actions) is served on 127.0.0.1: open the
+    `dashboard:` URL it prints."""
+    run_loop(**options)
 
 
 @click.command(name="down")

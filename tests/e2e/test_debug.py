@@ -39,10 +39,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -59,6 +57,7 @@ import yaml
 
 from innerloop.cluster.node import BundledCluster
 
+from .background import logged, stop_gently
 from .bookshop import copy_bookshop
 from .cdp import inspect
 from .conftest import innerloop_command
@@ -80,26 +79,6 @@ def _start(cli: list[str], app: Path, log: Path, *args: str) -> subprocess.Popen
         text=True,
         env={**os.environ, **BUILD_ENV},
     )
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _logged(proc: subprocess.Popen[str], log: Path, pattern: str, timeout_s: float = 600) -> re.Match[str]:
-    def found() -> re.Match[str] | None:
-        if proc.poll() is not None:
-            raise RuntimeError(f"innerloop exited {proc.returncode}:\n{log.read_text()}")
-        return re.search(pattern, log.read_text())
-
-    match: re.Match[str] = eventually(found, timeout_s=timeout_s)
-    return match
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
@@ -223,7 +202,7 @@ def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPath
     proc = _start(cli, app, log, "debug", *DEBUGGED, "-n", namespace, "--no-color")
     try:
         debuggers = {
-            name: int(_logged(proc, log, rf"{name}: debugger \({language}\) on 127\.0\.0\.1:(\d+)").group(1))
+            name: int(logged(proc, log, rf"{name}: debugger \({language}\) on 127\.0\.0\.1:(\d+)").group(1))
             for name, language in DEBUGGED.items()
         }
         eventually(lambda: log.read_text().count("in sync") >= len(DEBUGGED), timeout_s=120)
@@ -231,7 +210,7 @@ def debugging(bundled_cluster: BundledCluster, tmp_path_factory: pytest.TempPath
             eventually(lambda name=name: _get(ports[name], "/healthz")[0] == 200, timeout_s=120)
         yield Debugging(app, namespace, ports, debuggers, proc, kube, cli, tmp)
     finally:
-        _stop(proc)
+        stop_gently(proc)
         kube.run("delete", "namespace", namespace, "--wait=false", check=False)
 
 
@@ -410,17 +389,17 @@ def test_other_pythons_breakpoint_through_debug(debugging: Debugging, name: str)
 
 def test_plain_up_afterwards_brings_the_probes_back(debugging: Debugging) -> None:
     """Last in the module: it ends the shared `innerloop debug`."""
-    _stop(debugging.proc)
+    stop_gently(debugging.proc)
     log = debugging.tmp / "up.log"
     proc = _start(debugging.cli, debugging.app, log, "up", "-n", debugging.namespace, "--no-color")
     try:
-        _logged(proc, log, r"in sync")
+        logged(proc, log, r"in sync")
         for service in DEBUGGED:
             eventually(
                 lambda s=service: "livenessProbe" in _container(debugging.kube, debugging.namespace, s), timeout_s=60
             )
     finally:
-        _stop(proc)
+        stop_gently(proc)
 
 
 def test_a_debug_local_port_in_use_stops_debug_before_it_deploys(

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import subprocess
 import threading
 import urllib.request
@@ -38,6 +36,7 @@ import json5
 
 from innerloop.debug.delve import delve_binary
 
+from .background import logged, stop_gently
 from .bookshop import copy_bookshop
 from .dap import DapClient
 from .kube import Kube, eventually
@@ -52,26 +51,6 @@ BUILD_ENV = {  # inventory's Dockerfile has RUN steps: buildah builds it, from t
 def _start(cli: list[str], app: Path, log: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **BUILD_ENV}
     return subprocess.Popen([*cli, *args], cwd=app, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _logged(proc: subprocess.Popen[str], log: Path, pattern: str, timeout_s: float = 600) -> re.Match[str]:
-    def found() -> re.Match[str] | None:
-        if proc.poll() is not None:
-            raise RuntimeError(f"innerloop exited {proc.returncode}:\n{log.read_text()}")
-        return re.search(pattern, log.read_text())
-
-    match: re.Match[str] = eventually(found, timeout_s=timeout_s)
-    return match
 
 
 def _get(port: int, path: str) -> tuple[int, dict[str, object]]:
@@ -148,7 +127,7 @@ def test_go_breakpoint_through_debug(kube: Kube, namespace: str, innerloop_cli: 
     log = tmp_path / "debug.log"
     proc = _start(innerloop_cli, app, log, "debug", "inventory", "-n", namespace, "--no-color")
     try:
-        local = int(_logged(proc, log, r"inventory: debugger \(go\) on 127\.0\.0\.1:(\d+)").group(1))
+        local = int(logged(proc, log, r"inventory: debugger \(go\) on 127\.0\.0\.1:(\d+)").group(1))
         eventually(lambda: _get(ports["inventory"], "/healthz")[0] == 200, timeout_s=180)
 
         container = _container(kube, namespace)
@@ -225,4 +204,4 @@ def test_go_breakpoint_through_debug(kube: Kube, namespace: str, innerloop_cli: 
             again.close()
         assert _get(ports["inventory"], "/inventory")[0] == 200
     finally:
-        _stop(proc)
+        stop_gently(proc)

@@ -48,6 +48,12 @@ ERROR_LEVEL = re.compile(
 )
 
 
+# Error-level lines that are a graceful stop, not a fault: the agent restarts the app on every sync, so each
+# would be a false alert per save. gunicorn's arbiter logs its workers' SIGTERM at ERROR level
+# ("[ERROR] Worker (pid:8) was sent SIGTERM!"); SIGKILL (an OOM kill, a timeout) is not in here.
+SHUTDOWN_NOISE = re.compile(r"\bWorker \(pid:\d+\) was sent (?:SIGTERM|SIGINT|SIGQUIT)!")
+
+
 @dataclass(frozen=True)
 class AppError:
     kind: ErrorKind
@@ -127,7 +133,7 @@ class ErrorScanner:
             if NODE_ERROR.match(line):
                 self._block = _Block("stack", [line], summary=line)
                 return []
-            if error_level(line):
+            if error_level(line) and not SHUTDOWN_NOISE.search(line):
                 self._block = _Block("error-line", [line], summary=line)
                 return []
         if any(p.search(line) for p in self.errors):

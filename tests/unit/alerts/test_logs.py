@@ -116,3 +116,14 @@ def test_an_error_becomes_one_alert_per_service_with_its_lines() -> None:
     assert alert.cause == "a Python traceback in the logs: ZeroDivisionError: division by zero"
     assert "alerts.ignore" in alert.hint
     assert alert.details == error.lines
+
+
+def test_a_restart_of_gunicorn_is_no_error_but_a_killed_worker_is() -> None:
+    """Each sync restarts the app: gunicorn then logs its workers' SIGTERM at ERROR level (a false alert per save,
+    seen on the bookshop's backend). A worker killed with SIGKILL (a timeout, OOM) is still an error."""
+    scanner = ErrorScanner()
+    assert scanner.feed("[2026-12-02 02:37:36 +0000] [7] [ERROR] Worker (pid:8) was sent SIGTERM!") == []
+    assert scanner.flush() == []
+    scanner.feed("[2026-12-02 02:37:36 +0000] [7] [ERROR] Worker (pid:9) was sent SIGKILL! Perhaps out of memory?")
+    (error,) = scanner.flush()
+    assert "SIGKILL" in error.summary

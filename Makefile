@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit e2e cluster-up cluster-down
+.PHONY: demo test test-tools lint unit e2e cluster-up cluster-down
 
 # Builders (buildah, podman, skopeo) on this machine pull public bases (python:3.11-slim, ...) from the
 # bundled cluster's registry and keep their layers in innerloop's cache; `innerloop cluster up` writes both.
@@ -24,9 +24,15 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	cd examples/bookshop && ../../$(BIN)/innerloop up
 
-## test: lint, type-check, start the bundled cluster if needed, run unit and end-to-end tests
-test: lint cluster-up
+## test: lint, type-check, the test tools, start the bundled cluster if needed, run unit and end-to-end tests
+test: lint test-tools cluster-up
 	$(BIN)/pytest -q --durations=40 tests
+
+## test-tools: Debian's Chromium (the dashboard's browser tests) and Delve for this machine's architecture
+## (the Go debugger tests); both cached, so a warm machine does nothing here
+test-tools: $(BIN)/.installed
+	hack/chromium >/dev/null
+	hack/delve "$$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/')" >/dev/null
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests
@@ -36,7 +42,7 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/pytest -q tests/unit
 
-e2e: cluster-up
+e2e: test-tools cluster-up
 	$(BIN)/pytest -q tests/e2e
 
 cluster-up: $(BIN)/.installed

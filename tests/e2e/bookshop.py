@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,6 +17,7 @@ import yaml
 
 from innerloop.demo import example_dir
 
+from .background import stop_gently
 from .kube import eventually, free_port
 
 
@@ -104,9 +104,4 @@ def running_up(
         eventually(serving, timeout_s=600)
         yield handle
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_gently(proc)

@@ -347,7 +347,15 @@ async def wait_unless_stuck(
     `up` waits, so `up` goes on and the alert says what to fix; a readiness
     probe gets ``not_ready_patience_s`` first (apps that start slowly).
     """
+    latest: dict[str, Pod] = {}
+
+    async def follow() -> None:  # the one pod watch (k8s/watching.py), not a list per check
+        async for snapshot in watch_pods(client, namespace=namespace, labels=selector):
+            latest.clear()
+            latest.update(snapshot)
+
     waiting = asyncio.ensure_future(rollout)
+    pods_task = asyncio.ensure_future(follow())
     first_seen: dict[str, float] = {}
     try:
         while True:
@@ -355,8 +363,10 @@ async def wait_unless_stuck(
             if done:
                 waiting.result()
                 return None
+            if pods_task.done():
+                pods_task.result()  # the watch was refused: that error, as a list would have raised it
             now = time.time()
-            pods = [p.to_dict() async for p in client.list(Pod, namespace=namespace, labels=dict(selector))]
+            pods = [p.to_dict() for p in latest.values()]
             found = [a for pod in pods for a in pod_alerts(pod, service=service, now=now)]
             for alert in found:
                 first_seen.setdefault(alert.key, now)
@@ -365,7 +375,8 @@ async def wait_unless_stuck(
             if stuck is not None:
                 return stuck
     finally:
-        if not waiting.done():
-            waiting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiting
+        for task in (waiting, pods_task):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -59,17 +59,17 @@ def make_app(store: Store) -> web.Application:
         follow = request.query.get("follow") in ("1", "true")
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        queue = store.subscribe_logs() if follow else None
+        queue = store.subscribe() if follow else None  # before the recent lines: none falls between
         try:
             for entry in store.recent_logs(service):
                 await resp.write(_line(entry))
             while queue is not None:
-                entry = await queue.get()
-                if service is None or entry.service == service:
-                    await resp.write(_line(entry))
+                change = await queue.get()
+                if change.kind == "log" and service in (None, change.data["service"]):
+                    await resp.write((json.dumps(change.data) + "\n").encode())
         finally:
             if queue is not None:
-                store.unsubscribe_logs(queue)
+                store.unsubscribe(queue)
         return resp
 
     async def timeline(request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -148,16 +149,14 @@ class Store:
         self.namespace = namespace
         self.services: dict[str, ServiceStatus] = {}
         self._logs: collections.deque[LogEntry] = collections.deque(maxlen=log_lines)
-        self._log_subscribers: set[asyncio.Queue[LogEntry]] = set()
         self._subscribers: set[asyncio.Queue[Change]] = set()
         self._seq = itertools.count(1)
         self.timeline: collections.deque[TimelineEvent] = collections.deque(maxlen=timeline_events)
         self.alerts: dict[str, Alert] = {}  # active, by key
         self.cleared: collections.deque[Alert] = collections.deque(maxlen=cleared_alerts)
-        self.actions: dict[Action, ActionHandler] = {}  # registered by `up`
+        self.actions: dict[str, ActionHandler] = {}  # by Action, registered by `up`
         self.on_alert: list[Callable[[Alert], None]] = []  # the terminal, desktop notifications
         self.on_alert_cleared: list[Callable[[Alert], None]] = []  # the terminal's "cleared" line
-        self.on_log: list[Callable[[LogEntry], None]] = []  # the log-error alerts
         self.changed = asyncio.Event()
 
     def service(self, name: str) -> ServiceStatus:
@@ -170,7 +169,8 @@ class Store:
         status.updated_at = time.time()
         self.changed.set()
         self.changed = asyncio.Event()
-        self._publish("status", asdict(status))
+        if self._subscribers:  # every sync updates the store: no copy for a feed no one reads
+            self._publish("status", asdict(status))
 
     # -- the feed ---------------------------------------------------------------
 
@@ -198,7 +198,7 @@ class Store:
     ) -> TimelineEvent:
         """Add to the timeline: what happened to ``service`` (``kind``: save, synced, restarted, built...)."""
         event = TimelineEvent(service=service, kind=kind, message=message, at=time.time(), pod=pod, exit_code=exit_code)
-        event = TimelineEvent(**{**asdict(event), "seq": self._publish("event", asdict(event))})
+        event = dataclasses.replace(event, seq=self._publish("event", asdict(event)))
         self.timeline.append(event)
         return event
 
@@ -252,7 +252,7 @@ class Store:
         """Do ``action`` for ``service`` through `up`'s handler; ActionError says why it cannot be done."""
         if service not in self.services:
             raise ActionError(f"no service {service!r} (services: {', '.join(sorted(self.services))})")
-        handler = next((h for name, h in self.actions.items() if name == action), None)
+        handler = self.actions.get(action)
         if handler is None:
             known = ", ".join(sorted(self.actions)) or "none"
             raise ActionError(f"unknown action {action!r} (actions: {known})")
@@ -277,24 +277,12 @@ class Store:
     def log(self, service: str, pod: str, text: str) -> LogEntry:
         entry = LogEntry(service=service, pod=pod, text=text, at=time.time())
         self._logs.append(entry)
-        for queue in self._log_subscribers:
-            if queue.qsize() < SUBSCRIBER_BACKLOG:
-                queue.put_nowait(entry)
-        self._publish("log", asdict(entry))
-        for listener in self.on_log:
-            listener(entry)
+        if self._subscribers:
+            self._publish("log", asdict(entry))
         return entry
 
     def recent_logs(self, service: str | None = None) -> list[LogEntry]:
         return [e for e in self._logs if service is None or e.service == service]
-
-    def subscribe_logs(self) -> asyncio.Queue[LogEntry]:
-        queue: asyncio.Queue[LogEntry] = asyncio.Queue()
-        self._log_subscribers.add(queue)
-        return queue
-
-    def unsubscribe_logs(self, queue: asyncio.Queue[LogEntry]) -> None:
-        self._log_subscribers.discard(queue)
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -79,3 +79,20 @@ def test_the_feed_starts_with_a_snapshot_then_streams_every_change_and_actions_a
     assert refused_status == 409
     assert "unknown action 'explode' (actions: restart)" in str(refused["error"])
     assert first_event["message"] == "app.py"
+
+
+async def _follow(tmp_path: Path) -> list[dict[str, object]]:
+    store = Store(project="shop", namespace="dev")
+    store.update("api", phase="running")
+    store.log("api", "api-1", "before")
+    async with serve(store, tmp_path) as sock, _client(sock) as api, api.get("/v1/logs?service=api&follow=1") as resp:
+        lines = [json.loads(await resp.content.readline())]
+        store.log("web", "web-1", "another service's")
+        store.log("api", "api-1", "after")
+        lines.append(json.loads(await resp.content.readline()))
+    return lines
+
+
+def test_following_one_services_logs_gives_its_recent_lines_then_only_its_new_ones(tmp_path: Path) -> None:
+    lines = asyncio.run(_follow(tmp_path))
+    assert [(line["service"], line["text"]) for line in lines] == [("api", "before"), ("api", "after")]

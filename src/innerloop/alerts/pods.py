@@ -29,6 +29,7 @@ from innerloop.status.store import Alert
 NOT_READY_S = 10.0  # a running container whose readiness probe fails this long is an alert (not a slow start)
 CRASH_HOLD_S = 15.0  # a crash stays raised this long after the container runs again, so a quick restart is seen
 LIVENESS_HOLD_S = 30.0  # a liveness failure stays raised this long after its last event
+KILL_AFTER_PROBE_S = 60.0  # a kill this long before the failure's last event counts (events are deduplicated)
 DETAIL_LINES = 10  # log lines kept with a crash
 
 PULL_FAILURES = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"})
@@ -236,7 +237,16 @@ def pod_alerts(
         restarts = int(cs.get("restartCount") or 0)
 
         failures = [p for p in probes if p.container in ("", container)]
-        liveness = [p for p in failures if p.probe in ("liveness", "startup") and now - p.at < LIVENESS_HOLD_S]
+        # Only a failure the kubelet killed the container for: one failed check while the agent restarts the
+        # app (below the probe's failureThreshold) kills nothing, and was a false alert after every save.
+        liveness = [
+            p
+            for p in failures
+            if p.probe in ("liveness", "startup")
+            and now - p.at < LIVENESS_HOLD_S
+            and finished is not None
+            and finished >= p.at - KILL_AFTER_PROBE_S
+        ]
         looping = reason == "CrashLoopBackOff"
         backoff = f"; restarted {restarts} times, the kubelet now waits before the next" if looping else ""
         if liveness:

@@ -170,6 +170,12 @@ class AlertWatcher:
         for error in stream.scanner.feed(text):
             self._app_error(service, pod, app_error_alert(error, service=service, pod=pod), at)
 
+    def _crashed(self, service: str, pod: str) -> bool:
+        """A crash of that pod's process is raised (or waits for its last lines) now."""
+        if any(e.service == service and e.pod == pod and e.exit_code for _, e in self.pending_exits):
+            return True
+        return any(a.kind == "crashed" and a.pod == pod for a in self.store.active_alerts(service))
+
     def _app_error(self, service: str, pod: str, alert: Alert, at: float) -> None:
         self.services[service].last_error = at
         current = self.store.alerts.get(alert.key)
@@ -209,7 +215,8 @@ class AlertWatcher:
         for where, (due_at, held) in list(self.pending_errors.items()):
             if due_at <= now:
                 del self.pending_errors[where]
-                self._raise(held)
+                if not self._crashed(*where):  # its lines reached us after the exit: the crash carries them
+                    self._raise(held)
         for name, svc in self.services.items():
             for pod, stream in svc.streams.items():
                 if stream.scanner.pending and now - stream.last_line >= BLOCK_QUIET_S:

@@ -156,3 +156,15 @@ def test_a_deployment_past_its_progress_deadline() -> None:
 def test_what_stops_a_rollout_wait(fixture: str, stuck: str | None) -> None:
     found = blocking(pod_alerts(_json(fixture), service="s", now=2e9))
     assert (found.kind if found else None) == stuck
+
+
+def test_a_liveness_check_that_failed_without_a_kill_raises_nothing() -> None:
+    """A check failing while the agent restarts the app (a save) kills nothing: it was a false alert per save."""
+    pod = copy.deepcopy(_json("pod-liveness-crashloop.json"))
+    for status in pod["status"]["containerStatuses"]:
+        status["lastState"] = {}
+        status["restartCount"] = 0
+        status["state"] = {"running": {"startedAt": "2026-12-02T01:00:00Z"}}
+        status["ready"] = True
+    probes = _probes("liveness")
+    assert "probe-failed" not in _kinds(pod, _latest_probe("liveness") + 1, probes)

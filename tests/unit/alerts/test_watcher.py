@@ -151,3 +151,18 @@ def test_a_traceback_the_process_exits_with_is_one_crash_alert_carrying_it() -> 
     (alert,) = store.active_alerts()
     assert alert.kind == "crashed"
     assert alert.details[-1] == "RuntimeError: no PRICES"
+
+
+def test_a_traceback_whose_lines_arrive_after_the_exit_is_still_one_crash_alert() -> None:
+    """The exit comes through the agent at once; the log lines through the kubelet, later."""
+    watcher, store = _watcher("api")
+    now = time.time()
+    watcher.on_event(store.record("api", "exited", "exited with code 1", pod="api-1", exit_code=1))
+    for line in ["Traceback (most recent call last):", '  File "/app/app.py", line 54', "RuntimeError: no PRICES"]:
+        store.log("api", "api-1", line)
+        watcher.on_log("api", "api-1", line, now)
+    watcher.pending_exits = [(0.0, e) for _, e in watcher.pending_exits]
+    watcher.tick(now + 1)
+    watcher.tick(now + 2)
+    (alert,) = store.active_alerts()
+    assert alert.kind == "crashed"
